@@ -1,0 +1,156 @@
+"""Waveform -> log-mel spectrogram, inside the graph.
+
+The defaults reproduce the paper's torchaudio frontend exactly (spec §2):
+``MelSpectrogram(sample_rate=16000, n_fft=1024, f_max=11025, n_mels=128,
+normalized=True, mel_scale="slaney")`` followed by ``AmplitudeToDB(top_db=100)``.
+"""
+
+import warnings
+
+import keras
+import numpy as np
+from keras import ops
+
+
+def mel_filterbank(sample_rate, n_fft, n_mels, f_min, f_max, mel_scale="slaney", norm=None):
+    """Mel filterbank of shape (n_fft // 2 + 1, n_mels), float32, built with librosa.
+
+    torchaudio's ``melscale_fbanks`` and librosa's ``filters.mel`` share the triangular
+    formula; ``norm=None`` is torchaudio's default (no Slaney area normalisation).
+    """
+    import librosa  # only needed at construction time
+
+    with warnings.catch_warnings():
+        # f_max > sample_rate / 2 leaves empty top filters; the paper's model has 11 of them.
+        warnings.filterwarnings("ignore", message="Empty filters detected")
+        fb = librosa.filters.mel(
+            sr=sample_rate, n_fft=n_fft, n_mels=n_mels, fmin=f_min, fmax=f_max,
+            htk=mel_scale == "htk", norm=norm, dtype=np.float64,
+        )
+    return fb.T.astype(np.float32)
+
+
+def periodic_hann(n):
+    return (0.5 - 0.5 * np.cos(2.0 * np.pi * np.arange(n) / n)).astype(np.float32)
+
+
+@keras.saving.register_keras_serializable(package="keras_music_ssl")
+class LogMelSpectrogram(keras.layers.Layer):
+    """Raw mono waveform (batch, samples) -> log-mel (batch, n_mels, frames, 1), channels-last.
+
+    Steps: reflect padding by ``n_fft // 2`` (``center``), STFT with a periodic Hann window,
+    optionally divided by the window's L2 norm (``normalized``, torchaudio's
+    ``normalized=True``), ``|X| ** power``, a mel filterbank, then decibels:
+    ``10 * log10(max(S, amin))`` floored per example at ``max - top_db``.
+
+    The dB floor is applied in the log domain: ``log10`` of an exact zero goes through a
+    ``where`` instead of ``max(S, amin)``, so nothing depends on ``amin`` being
+    representable. This keeps float16 exports (where 1e-10 rounds to 0) free of -inf/NaN,
+    and gives the same numbers as the linear-domain clamp.
+
+    Frames: ``1 + samples // hop_length`` when centred (126 for 4 s at 16 kHz).
+    The computation runs in float32 whatever the dtype policy; the output is cast to the
+    layer's compute dtype.
+    """
+
+    def __init__(
+        self,
+        sample_rate=16000,
+        n_fft=1024,
+        hop_length=512,
+        n_mels=128,
+        f_min=0.0,
+        f_max=11025.0,
+        mel_scale="slaney",
+        mel_norm=None,
+        power=2.0,
+        normalized=True,
+        center=True,
+        pad_mode="reflect",
+        amin=1e-10,
+        top_db=100.0,
+        **kwargs,
+    ):
+        super().__init__(**kwargs)
+        if mel_scale not in ("slaney", "htk"):
+            raise ValueError(f"mel_scale must be 'slaney' or 'htk', got {mel_scale!r}")
+        if pad_mode not in ("reflect", "constant"):
+            raise ValueError(f"pad_mode must be 'reflect' or 'constant', got {pad_mode!r}")
+        if not amin > 0:
+            raise ValueError(f"amin must be > 0, got {amin}")
+        self.sample_rate = int(sample_rate)
+        self.n_fft = int(n_fft)
+        self.hop_length = int(hop_length)
+        self.n_mels = int(n_mels)
+        self.f_min = float(f_min)
+        self.f_max = float(f_max) if f_max is not None else self.sample_rate / 2
+        self.mel_scale = mel_scale
+        self.mel_norm = mel_norm
+        self.power = float(power)
+        self.normalized = bool(normalized)
+        self.center = bool(center)
+        self.pad_mode = pad_mode
+        self.amin = float(amin)
+        self.top_db = None if top_db is None else float(top_db)
+
+        window = periodic_hann(self.n_fft)
+        self.window = window
+        # torchaudio's normalized=True divides the complex STFT by sqrt(sum(w^2)); folding
+        # that into the window costs nothing at run time.
+        self._stft_window = window / np.sqrt(np.sum(window.astype(np.float64) ** 2)).astype(
+            np.float32) if self.normalized else window
+        self.mel_filterbank = mel_filterbank(
+            self.sample_rate, self.n_fft, self.n_mels, self.f_min, self.f_max,
+            self.mel_scale, self.mel_norm,
+        )
+
+    def num_frames(self, num_samples):
+        if num_samples is None:
+            return None
+        if self.center:
+            return 1 + num_samples // self.hop_length
+        return 1 + (num_samples - self.n_fft) // self.hop_length
+
+    def call(self, waveform):
+        x = ops.cast(waveform, "float32")
+        if len(x.shape) == 3:  # (batch, samples, 1), the PyTorch model's layout
+            x = ops.squeeze(x, axis=-1)
+        if self.center:
+            pad = self.n_fft // 2
+            x = ops.pad(x, [[0, 0], [pad, pad]], mode=self.pad_mode)
+        real, imag = ops.stft(
+            x, sequence_length=self.n_fft, sequence_stride=self.hop_length,
+            fft_length=self.n_fft, window=ops.convert_to_tensor(self._stft_window),
+            center=False,
+        )  # (batch, frames, n_fft // 2 + 1) each
+        spec = real * real + imag * imag
+        if self.power != 2.0:
+            spec = ops.power(spec, self.power / 2.0)
+        mel = ops.matmul(spec, ops.convert_to_tensor(self.mel_filterbank))  # (batch, frames, mels)
+        db = self._to_db(mel)
+        db = ops.expand_dims(ops.transpose(db, (0, 2, 1)), -1)  # (batch, mels, frames, 1)
+        return ops.cast(db, self.compute_dtype)
+
+    def _to_db(self, spec):
+        amin_db = 10.0 * np.log10(self.amin)
+        positive = spec > 0
+        # The double `where` keeps both the value and the gradient finite at S == 0.
+        db = (10.0 / np.log(10.0)) * ops.log(ops.where(positive, spec, ops.ones_like(spec)))
+        db = ops.maximum(ops.where(positive, db, amin_db), amin_db)
+        if self.top_db is not None:
+            peak = ops.max(db, axis=(1, 2), keepdims=True)  # per example, as torchaudio
+            db = ops.maximum(db, peak - self.top_db)
+        return db
+
+    def compute_output_shape(self, input_shape):
+        return (input_shape[0], self.n_mels, self.num_frames(input_shape[1]), 1)
+
+    def get_config(self):
+        config = super().get_config()
+        config.update(
+            sample_rate=self.sample_rate, n_fft=self.n_fft, hop_length=self.hop_length,
+            n_mels=self.n_mels, f_min=self.f_min, f_max=self.f_max, mel_scale=self.mel_scale,
+            mel_norm=self.mel_norm, power=self.power, normalized=self.normalized,
+            center=self.center, pad_mode=self.pad_mode, amin=self.amin, top_db=self.top_db,
+        )
+        return config

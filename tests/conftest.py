@@ -1,0 +1,44 @@
+"""Shared test setup: one backend per process (KERAS_BACKEND), markers, small fixtures."""
+
+import os
+import sys
+
+import numpy as np
+import pytest
+
+os.environ.setdefault("KERAS_BACKEND", "tensorflow")
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+sys.path.insert(0, os.path.dirname(__file__))  # tests/torch_reference.py and helpers
+
+BACKEND = os.environ["KERAS_BACKEND"]
+
+
+def pytest_collection_modifyitems(config, items):
+    """tf_only and backend_independent tests run in the TensorFlow pass only (deselected elsewhere)."""
+    if BACKEND == "tensorflow":
+        return
+    keep, drop = [], []
+    for item in items:
+        once = item.get_closest_marker("tf_only") or item.get_closest_marker("backend_independent")
+        (drop if once else keep).append(item)
+    if drop:
+        config.hook.pytest_deselected(items=drop)
+        items[:] = keep
+
+
+def pytest_report_header(config):
+    return f"KERAS_BACKEND={BACKEND}"
+
+
+@pytest.fixture
+def rng():
+    return np.random.default_rng(1234)
+
+
+# A small encoder for fast tests: embed 128, 2 heads, one block per stage.
+TINY_ENCODER = dict(width=4, layers=(1, 1, 1, 1), heads=2, output_dim=32)
+
+
+@pytest.fixture
+def tiny_encoder_config():
+    return dict(TINY_ENCODER)
