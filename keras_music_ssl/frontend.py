@@ -49,8 +49,10 @@ class LogMelSpectrogram(keras.layers.Layer):
     and gives the same numbers as the linear-domain clamp.
 
     Frames: ``1 + samples // hop_length`` when centred (126 for 4 s at 16 kHz).
-    The computation runs in float32 whatever the dtype policy; the output is cast to the
-    layer's compute dtype.
+
+    Precision: the waveform is never autocast, and the STFT runs in float32 under any
+    dtype policy (float64 if the layer's dtype is float64); only the output is cast to the
+    compute dtype, so mixed precision does not quantise the audio before the FFT.
     """
 
     def __init__(
@@ -71,6 +73,7 @@ class LogMelSpectrogram(keras.layers.Layer):
         top_db=100.0,
         **kwargs,
     ):
+        kwargs.setdefault("autocast", False)
         super().__init__(**kwargs)
         if mel_scale not in ("slaney", "htk"):
             raise ValueError(f"mel_scale must be 'slaney' or 'htk', got {mel_scale!r}")
@@ -112,7 +115,8 @@ class LogMelSpectrogram(keras.layers.Layer):
         return 1 + (num_samples - self.n_fft) // self.hop_length
 
     def call(self, waveform):
-        x = ops.cast(waveform, "float32")
+        dtype = "float64" if self.compute_dtype == "float64" else "float32"
+        x = ops.cast(waveform, dtype)
         if len(x.shape) == 3:  # (batch, samples, 1), the PyTorch model's layout
             x = ops.squeeze(x, axis=-1)
         if self.center:
@@ -120,22 +124,23 @@ class LogMelSpectrogram(keras.layers.Layer):
             x = ops.pad(x, [[0, 0], [pad, pad]], mode=self.pad_mode)
         real, imag = ops.stft(
             x, sequence_length=self.n_fft, sequence_stride=self.hop_length,
-            fft_length=self.n_fft, window=ops.convert_to_tensor(self._stft_window),
+            fft_length=self.n_fft, window=ops.convert_to_tensor(self._stft_window, dtype),
             center=False,
         )  # (batch, frames, n_fft // 2 + 1) each
         spec = real * real + imag * imag
         if self.power != 2.0:
             spec = ops.power(spec, self.power / 2.0)
-        mel = ops.matmul(spec, ops.convert_to_tensor(self.mel_filterbank))  # (batch, frames, mels)
+        mel = ops.matmul(spec, ops.convert_to_tensor(self.mel_filterbank, dtype))  # (batch, frames, mels)
         db = self._to_db(mel)
         db = ops.expand_dims(ops.transpose(db, (0, 2, 1)), -1)  # (batch, mels, frames, 1)
         return ops.cast(db, self.compute_dtype)
 
     def _to_db(self, spec):
-        amin_db = 10.0 * np.log10(self.amin)
+        # Python floats, not numpy scalars: those would promote the graph to float64.
+        amin_db = float(10.0 * np.log10(self.amin))
         positive = spec > 0
         # The double `where` keeps both the value and the gradient finite at S == 0.
-        db = (10.0 / np.log(10.0)) * ops.log(ops.where(positive, spec, ops.ones_like(spec)))
+        db = float(10.0 / np.log(10.0)) * ops.log(ops.where(positive, spec, ops.ones_like(spec)))
         db = ops.maximum(ops.where(positive, db, amin_db), amin_db)
         if self.top_db is not None:
             peak = ops.max(db, axis=(1, 2), keepdims=True)  # per example, as torchaudio

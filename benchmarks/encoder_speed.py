@@ -1,0 +1,123 @@
+"""Encoder inference speed: Keras MusicEncoder on each backend beside the PyTorch reference.
+
+    python benchmarks/encoder_speed.py [--batch 16] [--repeats 5] [--torch-compile]
+
+Same batch (16 x 4 s of 16 kHz audio), same machine, one run: each Keras backend runs in its own
+subprocess (a process has one backend); the PyTorch reference is tests/torch_reference.py.
+Prints segments/s (median over repeats after warm-up), real-time factor (audio seconds per
+second) and the ratio to the PyTorch reference.
+"""
+
+import argparse
+import json
+import os
+import statistics
+import subprocess
+import sys
+import time
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+SEGMENT_SECONDS = 4.0
+
+
+def _timeit(fn, repeats, warmup=2):
+    for _ in range(warmup):
+        fn()
+    times = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - start)
+    return statistics.median(times)
+
+
+def run_keras(backend, batch, repeats, jit):
+    os.environ["KERAS_BACKEND"] = backend
+    sys.path.insert(0, ROOT)
+    import numpy as np
+
+    from keras_music_ssl import MusicEncoder
+
+    x = np.random.default_rng(0).standard_normal((batch, 64000)).astype("float32")
+    model = MusicEncoder()
+    model.compile(jit_compile=jit)
+    seconds = _timeit(lambda: model.predict_on_batch(x), repeats)
+    return seconds
+
+
+def run_torch_reference(batch, repeats, compiled):
+    sys.path.insert(0, os.path.join(ROOT, "tests"))
+    import torch
+
+    import torch_reference
+
+    model = torch_reference.Backbone().eval()
+    if compiled:
+        model = torch.compile(model)
+    x = torch.randn(batch, 64000, 1)
+
+    def step():
+        with torch.inference_mode():
+            model(x)
+
+    return _timeit(step, repeats)
+
+
+def _worker(args):
+    if args.worker == "pytorch":
+        seconds = run_torch_reference(args.batch, args.repeats, args.jit)
+    else:
+        seconds = run_keras(args.worker, args.batch, args.repeats, args.jit)
+    print("RESULT " + json.dumps({"seconds": seconds}))
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--batch", type=int, default=16)
+    parser.add_argument("--repeats", type=int, default=5)
+    parser.add_argument("--torch-compile", action="store_true",
+                        help="also time torch.compile for the PyTorch reference and the Keras torch backend")
+    parser.add_argument("--worker", help=argparse.SUPPRESS)
+    parser.add_argument("--jit", action="store_true", help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.worker:
+        return _worker(args)
+
+    runs = [("PyTorch reference (eager)", "pytorch", False),
+            ("Keras / TensorFlow (XLA jit)", "tensorflow", True),
+            ("Keras / TensorFlow (graph, no jit)", "tensorflow", False),
+            ("Keras / JAX (jit)", "jax", True),
+            ("Keras / PyTorch (eager)", "torch", False)]
+    if args.torch_compile:
+        runs += [("PyTorch reference (torch.compile)", "pytorch", True),
+                 ("Keras / PyTorch (torch.compile)", "torch", True)]
+    results = []
+    for label, worker, jit in runs:
+        cmd = [sys.executable, __file__, "--worker", worker, "--batch", str(args.batch),
+               "--repeats", str(args.repeats)] + (["--jit"] if jit else [])
+        env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3")
+        out = subprocess.run(cmd, capture_output=True, text=True, env=env)
+        line = [l for l in out.stdout.splitlines() if l.startswith("RESULT ")]
+        if not line:
+            print(f"{label}: failed\n{out.stderr[-2000:]}", file=sys.stderr)
+            results.append((label, None))
+            continue
+        results.append((label, json.loads(line[-1][7:])["seconds"]))
+
+    reference = results[0][1]
+    print(f"\nEncoder inference, batch {args.batch} x 4 s, median of {args.repeats} "
+          f"({os.cpu_count()} CPU cores)\n")
+    print(f"| {'run':<36} | ms/batch | segments/s | real-time x | speed vs ref   |")
+    print(f"|{'-' * 38}|---------:|-----------:|------------:|---------------:|")
+    for label, seconds in results:
+        if seconds is None:
+            print(f"| {label:<36} | failed | | | |")
+            continue
+        rate = args.batch / seconds
+        ratio = f"{reference / seconds:.2f}x" if reference else "-"
+        print(f"| {label:<36} | {seconds * 1e3:8.0f} | {rate:10.1f} | "
+              f"{rate * SEGMENT_SECONDS:11.0f} | {ratio:>14} |")
+
+
+if __name__ == "__main__":
+    sys.exit(main())
