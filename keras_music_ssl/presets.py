@@ -8,11 +8,18 @@ Named presets (``deezer_contrastive``, ...) are the paper's released checkpoints
 conversion. They cannot be downloaded at run time here; they resolve to
 ``<weights_dir>/<name>/``, where ``weights_dir`` is an argument, else the environment
 variable ``KMSSL_WEIGHTS_DIR``, else ``~/.cache/keras_music_ssl/presets``.
+
+The folder layout is keras-hub's, but keras-hub itself is not used: its ``Backbone``
+base class would have to become the encoder's parent (the core layers stay plain Keras),
+the package pulls tensorflow-text (full TensorFlow), kagglehub, tokenizers and
+sentencepiece, and its named presets resolve to Kaggle downloads, not to a local folder.
 """
 
 import json
 import os
 import pathlib
+import shutil
+import uuid
 
 import keras
 
@@ -68,20 +75,41 @@ def resolve_preset(name_or_dir, weights_root=None):
 
 
 def save_to_preset(model, preset_dir, metadata=None):
-    """Write ``model`` (config + weights) and ``metadata`` to ``preset_dir``."""
-    preset_dir = pathlib.Path(preset_dir)
-    preset_dir.mkdir(parents=True, exist_ok=True)
-    config = keras.saving.serialize_keras_object(model)
-    (preset_dir / CONFIG_FILE).write_text(json.dumps(config, indent=2))
-    model.save_weights(str(preset_dir / WEIGHTS_FILE))
-    meta = {"keras_music_ssl_version": _version(), **(metadata or {})}
-    (preset_dir / METADATA_FILE).write_text(json.dumps(meta, indent=2))
+    """Write ``model`` (config + weights) and ``metadata`` to ``preset_dir``, atomically.
+
+    The three files are written to a hidden sibling folder first, so a failure leaves no
+    partial preset: a new (or empty) ``preset_dir`` appears in one rename; in an existing
+    folder each file is replaced in one rename and other files are left alone.
+    """
+    preset_dir = pathlib.Path(preset_dir).expanduser().absolute()
+    if preset_dir.exists() and not preset_dir.is_dir():
+        raise NotADirectoryError(f"{preset_dir} exists and is not a folder.")
+    preset_dir.parent.mkdir(parents=True, exist_ok=True)
+    staging = preset_dir.parent / f".{preset_dir.name}.tmp-{uuid.uuid4().hex[:8]}"
+    staging.mkdir()
+    try:
+        config = keras.saving.serialize_keras_object(model)
+        (staging / CONFIG_FILE).write_text(json.dumps(config, indent=2))
+        model.save_weights(str(staging / WEIGHTS_FILE))
+        meta = {"keras_music_ssl_version": _version(), **(metadata or {})}
+        (staging / METADATA_FILE).write_text(json.dumps(meta, indent=2))
+        if preset_dir.is_dir() and any(preset_dir.iterdir()):
+            for name in (WEIGHTS_FILE, METADATA_FILE, CONFIG_FILE):  # config last: marks a preset
+                os.replace(staging / name, preset_dir / name)
+            staging.rmdir()
+        else:
+            os.replace(staging, preset_dir)  # POSIX renames a folder onto an empty one
+    except BaseException:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise
     return preset_dir
 
 
 def load_preset(name_or_dir, weights_root=None, load_weights=True):
     """Rebuild the model stored in a preset (folder or name) and load its weights."""
     path = resolve_preset(name_or_dir, weights_root)
+    if load_weights and not (path / WEIGHTS_FILE).is_file():
+        raise PresetNotFoundError(f"{path} has a {CONFIG_FILE} but no {WEIGHTS_FILE}.")
     config = json.loads((path / CONFIG_FILE).read_text())
     model = keras.saving.deserialize_keras_object(config)
     if load_weights:

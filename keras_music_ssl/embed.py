@@ -1,0 +1,264 @@
+"""Track embeddings for audio files, defined as in the authors' ``usage/sample.py``.
+
+For a track decoded to mono 16 kHz and peak-normalised (x / max|x|, unless silent):
+
+    chunks_k = x_padded[k * S : (k + 1) * S],  k = 0 .. ceil(len(x) / S) - 1,  S = 64,000 (4 s)
+    embedding = (1 / K) * sum_k encoder(chunks_k)
+
+where ``x_padded`` is ``x`` zero-padded at the end to a multiple of S (the last, padded
+chunk counts like the others). ``embed_waveform`` is that formula for one waveform;
+``embed_files`` decodes files with ``keras_music_ssl.data.load_audio`` and batches chunks
+across files (the encoder runs in inference mode, so batching does not change results).
+A file that cannot be used is skipped with its reason, never fatal.
+"""
+
+import collections
+import itertools
+import os
+import pathlib
+import time
+from concurrent.futures import ThreadPoolExecutor
+from typing import NamedTuple
+
+import numpy as np
+
+from keras_music_ssl.data.audio import MAX_DURATION, AudioError, is_audio_path, load_audio
+
+
+class ResumeMismatchError(ValueError):
+    """``--resume`` onto an .npz written with another preset."""
+
+
+class Embeddings(NamedTuple):
+    embeddings: np.ndarray  # (N, D) float32, one row per embedded file, in input order
+    paths: list  # the N embedded files
+    skipped: list  # (path, reason) for each file that was not embedded
+
+
+def chunk_waveform(waveform, num_samples=64000):
+    """(samples,) -> (ceil(samples / num_samples), num_samples) float32, zero-padded at the end."""
+    waveform = np.asarray(waveform, dtype=np.float32)
+    if waveform.ndim != 1:
+        raise ValueError(f"expected a mono waveform (samples,), got shape {waveform.shape}")
+    if waveform.size == 0:
+        raise ValueError("empty waveform: nothing to embed")
+    n_chunks = -(-waveform.size // num_samples)
+    padded = np.zeros(n_chunks * num_samples, dtype=np.float32)
+    padded[:waveform.size] = waveform
+    return padded.reshape(n_chunks, num_samples)
+
+
+def peak_normalize(waveform):
+    """x / max|x|; a silent waveform is returned unchanged."""
+    waveform = np.asarray(waveform, dtype=np.float32)
+    peak = float(np.max(np.abs(waveform))) if waveform.size else 0.0
+    return waveform / peak if peak > 0 else waveform
+
+
+def _num_samples(encoder):
+    return int(getattr(encoder, "num_samples", None) or encoder.input_shape[-1])
+
+
+def _embed_batch(encoder, chunks, batch_size):
+    """Encoder outputs for <= batch_size chunks; the batch is zero-padded to a power of two so
+    that compiled backends (TF, JAX) see a handful of shapes, not one per file length."""
+    rows = chunks.shape[0]
+    size = min(batch_size, 1 << (rows - 1).bit_length())
+    if size > rows:
+        chunks = np.concatenate([chunks, np.zeros((size - rows, chunks.shape[1]), chunks.dtype)])
+    return np.asarray(encoder.predict_on_batch(chunks), dtype=np.float32)[:rows]
+
+
+def embed_waveform(encoder, waveform, batch_size=32, normalize=True):
+    """Track embedding (D,) float32 of a mono waveform at the encoder's sample rate (16 kHz).
+
+    Peak-normalises (``normalize``; a no-op on ``load_audio`` output), zero-pads to a
+    multiple of the encoder's input length, embeds every chunk and returns their mean.
+    """
+    waveform = peak_normalize(waveform) if normalize else waveform
+    chunks = chunk_waveform(waveform, _num_samples(encoder))
+    outputs = [_embed_batch(encoder, chunks[i:i + batch_size], batch_size)
+               for i in range(0, len(chunks), batch_size)]
+    return np.concatenate(outputs).mean(axis=0)
+
+
+class _Track:
+    def __init__(self, path):
+        self.path, self.n_chunks, self.outputs, self.reason = path, 0, [], None
+
+    @property
+    def done(self):
+        return self.reason is not None or len(self.outputs) == self.n_chunks
+
+    def result(self):
+        if self.reason is not None:
+            return self.path, None, self.reason
+        embedding = np.stack(self.outputs).mean(axis=0)
+        if not np.all(np.isfinite(embedding)):
+            return self.path, None, "non_finite_embedding"
+        return self.path, embedding, None
+
+
+def _decode(path, num_samples, max_duration):
+    """(chunks, None), or (None, skip reason) for a file that cannot be used."""
+    try:
+        return chunk_waveform(load_audio(path, max_duration=max_duration), num_samples), None
+    except AudioError as error:
+        return None, error.reason + (f": {error.detail}" if error.detail else "")
+    except ValueError as error:  # decoded to zero samples after resampling
+        return None, f"empty: {error}"
+
+
+def _decoded(paths, num_samples, max_duration, ahead=2):
+    """``(path, chunks, reason)`` in input order, decoding up to ``ahead`` files in a thread
+    while the encoder runs (libsndfile and soxr release the GIL)."""
+    paths = iter(paths)
+    with ThreadPoolExecutor(max_workers=1) as pool:
+        def submit(path):
+            return str(path), pool.submit(_decode, path, num_samples, max_duration)
+
+        jobs = collections.deque(submit(p) for p in itertools.islice(paths, ahead))
+        while jobs:
+            path, job = jobs.popleft()
+            jobs.extend(submit(p) for p in itertools.islice(paths, 1))
+            yield (path, *job.result())
+
+
+def iter_track_embeddings(encoder, paths, batch_size=32, max_duration=MAX_DURATION):
+    """Yield ``(path, embedding (D,) or None, skip reason or None)`` per path, in input order.
+
+    Chunks of consecutive files share encoder batches of ``batch_size``; at most one
+    batch, one file's chunks and two decoded files ahead are held in memory.
+    """
+    pending = collections.deque()  # tracks not yielded yet, in input order
+    queue = []  # (track, chunk) waiting for the encoder
+
+    def run(rows):
+        outputs = _embed_batch(encoder, np.stack([chunk for _, chunk in queue[:rows]]), batch_size)
+        for (track, _), output in zip(queue[:rows], outputs):
+            track.outputs.append(output)
+        del queue[:rows]
+
+    def finished():
+        while pending and pending[0].done:
+            yield pending.popleft().result()
+
+    for path, chunks, reason in _decoded(paths, _num_samples(encoder), max_duration):
+        track = _Track(path)
+        if chunks is None:
+            track.reason = reason
+        else:
+            track.n_chunks = len(chunks)
+            queue.extend((track, chunk) for chunk in chunks)
+        pending.append(track)
+        while len(queue) >= batch_size:
+            run(batch_size)
+        yield from finished()
+    while queue:
+        run(min(len(queue), batch_size))
+    yield from finished()
+
+
+def _output_dim(encoder):
+    return int(getattr(encoder, "output_dim", None) or encoder.output_shape[-1])
+
+
+def embed_files(encoder, paths, batch_size=32, progress=True, max_duration=MAX_DURATION,
+                on_result=None):
+    """Embed audio files; return ``Embeddings(embeddings, paths, skipped)``.
+
+    ``embeddings`` is (N, D) float32 for the N files that were embedded, in input order;
+    ``skipped`` lists ``(path, reason)`` for the others (missing, undecodable, truncated, ...).
+    ``on_result(path, embedding_or_None, reason_or_None)`` is called as each file finishes.
+    """
+    from tqdm.auto import tqdm
+
+    paths = [str(p) for p in paths]
+    rows, kept, skipped = [], [], []
+    with tqdm(total=len(paths), unit="file", desc="embed", disable=not progress) as bar:
+        for path, embedding, reason in iter_track_embeddings(encoder, paths, batch_size,
+                                                             max_duration):
+            if embedding is None:
+                skipped.append((path, reason))
+                bar.set_postfix(skipped=len(skipped))
+            else:
+                rows.append(embedding)
+                kept.append(path)
+            if on_result is not None:
+                on_result(path, embedding, reason)
+            bar.update()
+    array = np.stack(rows) if rows else np.zeros((0, _output_dim(encoder)), np.float32)
+    return Embeddings(array.astype(np.float32), kept, skipped)
+
+
+def expand_audio_paths(paths):
+    """Files as given, with each folder replaced by the audio files under it (sorted)."""
+    expanded = []
+    for path in map(pathlib.Path, paths):
+        if path.is_dir():
+            expanded += sorted(str(p) for p in path.rglob("*") if is_audio_path(p) and p.is_file())
+        else:
+            expanded.append(str(path))
+    return expanded
+
+
+def save_embeddings(out, embeddings, paths, **extra):
+    """Write an .npz (``embeddings``, ``paths`` + string ``extra``) atomically."""
+    out = pathlib.Path(out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    partial = out.with_name(f".{out.name}.partial")
+    arrays = {key: np.asarray(value) for key, value in extra.items()}
+    with open(partial, "wb") as f:  # a file object: np.savez would append ".npz" to a name
+        np.savez(f, embeddings=np.asarray(embeddings, np.float32),
+                 paths=np.asarray(list(paths), dtype=str), **arrays)
+    os.replace(partial, out)
+
+
+def load_embeddings(path):
+    """``(embeddings (N, D), paths list, {other arrays})`` from an .npz written here."""
+    with np.load(path, allow_pickle=False) as data:
+        extra = {key: data[key] for key in data.files if key not in ("embeddings", "paths")}
+        return data["embeddings"], [str(p) for p in data["paths"]], extra
+
+
+def embed_to_file(encoder, paths, out, batch_size=32, resume=False, save_every=300.0,
+                  preset="", progress=True, max_duration=MAX_DURATION):
+    """``embed_files`` that writes ``out`` (.npz) as it goes, so that a long run can resume.
+
+    ``out`` is rewritten (atomically) at most every ``save_every`` seconds and at the end;
+    time-based, because each write holds every row so far. With ``resume``, files already
+    in ``out`` (from the same ``preset``) are not embedded again. Rows follow the input
+    order. Returns the ``Embeddings`` of all input files.
+    """
+    paths = [str(p) for p in paths]
+    done = {}
+    if resume and pathlib.Path(out).is_file():
+        old, old_paths, extra = load_embeddings(out)
+        stored = str(extra.get("preset", ""))
+        if preset and stored and stored != preset:
+            raise ResumeMismatchError(f"{out} holds embeddings from preset {stored!r}, not "
+                                      f"{preset!r}: refusing to mix them (choose another --out).")
+        done = dict(zip(old_paths, old))
+    last_save = time.monotonic()
+
+    def save():
+        kept = [p for p in paths if p in done]
+        rows = np.stack([done[p] for p in kept]) if kept else None
+        if kept:
+            save_embeddings(out, rows, kept, preset=preset)
+        return rows, kept
+
+    def record(path, embedding, reason):
+        nonlocal last_save
+        if embedding is not None:
+            done[path] = embedding
+            if time.monotonic() - last_save >= save_every:
+                save()
+                last_save = time.monotonic()
+
+    todo = [p for p in paths if p not in done]
+    result = embed_files(encoder, todo, batch_size, progress, max_duration, on_result=record)
+    rows, kept = save()
+    if rows is None:
+        rows = np.zeros((0, _output_dim(encoder)), np.float32)
+    return Embeddings(rows, kept, result.skipped)
