@@ -1,0 +1,101 @@
+"""``kmssl export``: an encoder (embedder) or a tagger as a SavedModel or a TFLite model.
+
+    kmssl export --preset deezer_contrastive --format savedmodel --out embedder/
+    kmssl export --preset my_preset/ --head probe.keras --format tflite-int8 --out tagger.tflite
+    kmssl export --model tagger.keras --format tflite --out tagger.tflite
+
+Export runs on TensorFlow whatever KERAS_BACKEND is: under JAX or PyTorch the model is
+exported in a TensorFlow subprocess (``keras_music_ssl.export.export``).
+"""
+
+import os
+import sys
+
+from keras_music_ssl.export import FORMATS  # numpy-only at import time
+
+HELP = "Export an encoder (embedder) or a tagger to a SavedModel or a TFLite model."
+
+
+def add_arguments(parser):
+    source = parser.add_mutually_exclusive_group(required=True)
+    source.add_argument("--preset", help="encoder preset: a folder or a name (deezer_contrastive, ...)")
+    source.add_argument("--model", help="a .keras file of a MusicEncoder or MusicTagger (any backend)")
+    parser.add_argument("--head", help="probe head (.keras written by save_tag_head): export a tagger")
+    parser.add_argument("--weights-dir", help="where named presets live (default: $KMSSL_WEIGHTS_DIR)")
+    parser.add_argument("--format", choices=FORMATS, default="savedmodel",
+                        help="tflite-int8 is dynamic-range int8; tflite-int8-full also quantises "
+                             "activations after the frontend (calibrated on --calibration)")
+    parser.add_argument("--calibration", nargs="+", metavar="AUDIO",
+                        help="audio files for tflite-int8-full calibration (default: synthetic "
+                             "tones, chords, noise, chirps and beats)")
+    parser.add_argument("--out", required=True, help="SavedModel folder or .tflite file to write")
+    parser.add_argument("--overwrite", action="store_true", help="replace an existing --out")
+
+
+def _fail(message):
+    print(f"kmssl export: error: {message}", file=sys.stderr)
+    return 2
+
+
+def _load_model(args):
+    import keras
+
+    from keras_music_ssl.backbone import MusicEncoder
+    from keras_music_ssl.tagger import MusicTagger, load_tag_head
+
+    if args.preset:
+        model = MusicEncoder.from_preset(args.preset, weights_dir=args.weights_dir)
+    else:
+        model = keras.saving.load_model(args.model)
+        if not isinstance(model, (MusicEncoder, MusicTagger)):
+            raise ValueError(f"{args.model} holds a {type(model).__name__}, not a MusicEncoder or MusicTagger.")
+    if args.head:
+        if isinstance(model, MusicTagger):
+            raise ValueError(f"{args.model} is already a tagger; --head goes with an encoder.")
+        head = load_tag_head(args.head)
+        if head.input_dim != model.output_dim:
+            raise ValueError(f"The head expects {head.input_dim}-d embeddings; the encoder gives "
+                             f"{model.output_dim}-d.")
+        model = MusicTagger(model, head)
+    return model
+
+
+def _calibration_clips(paths, clip_samples, sample_rate):
+    import numpy as np
+
+    from keras_music_ssl.data import AudioError, load_audio
+    from keras_music_ssl.embed import chunk_waveform
+
+    clips = []
+    for path in paths:
+        try:
+            clips.append(chunk_waveform(load_audio(path, sample_rate=sample_rate), clip_samples))
+        except AudioError as error:
+            print(f"kmssl export: skipping calibration file {error}", file=sys.stderr)
+    if not clips:
+        raise ValueError("none of the --calibration files could be read")
+    return np.concatenate(clips)
+
+
+def run(args):
+    from keras_music_ssl.export import ExportError, export, model_metadata
+    from keras_music_ssl.presets import PresetNotFoundError
+
+    if os.path.exists(args.out) and not args.overwrite:
+        return _fail(f"{args.out} exists (use --overwrite to replace it)")
+    if args.calibration and args.format != "tflite-int8-full":
+        return _fail("--calibration only applies to --format tflite-int8-full")
+    for flag, path in (("--model", args.model), ("--head", args.head)):
+        if path and not os.path.isfile(path):
+            return _fail(f"{flag} {path}: no such file")
+    try:
+        model = _load_model(args)
+        representative = None
+        if args.calibration:
+            representative = _calibration_clips(args.calibration, model.num_samples, model.sample_rate)
+        out = export(model, args.out, args.format, representative=representative,
+                     overwrite=args.overwrite)
+    except (PresetNotFoundError, ValueError, TypeError, ExportError) as error:
+        return _fail(error)
+    print(f"Exported the {model_metadata(model)['kind']} to {out} ({args.format}).")
+    return 0

@@ -1,0 +1,76 @@
+"""``kmssl tag``: tag audio files with an exported tagger (SavedModel folder or .tflite).
+
+    kmssl tag song.mp3 other.flac --model tagger.tflite --top 5
+    kmssl tag music/*.wav --model tagger_savedmodel/ --json > tags.json
+
+Each file is decoded with ``keras_music_ssl.data.load_audio`` (mono, 16 kHz, peak-normalised)
+and tagged whole with the model's ``tag_track`` signature: the mean embedding of its 4 s
+chunks goes through the tag head. Files that cannot be decoded are reported with their
+reason and skipped; the exit status is then 1 (0 when every file was tagged, 2 for a
+model that cannot be used).
+"""
+
+import json
+import sys
+
+HELP = "Tag audio files with an exported tagger (SavedModel folder or .tflite file)."
+
+
+def add_arguments(parser):
+    parser.add_argument("files", nargs="+", metavar="FILE", help="audio files to tag")
+    parser.add_argument("--model", required=True, help="exported tagger: SavedModel folder or .tflite")
+    parser.add_argument("--top", type=int, default=5, help="number of tags to show per file (default 5)")
+    parser.add_argument("--json", action="store_true", help="print one JSON document instead of text")
+    parser.add_argument("--threads", type=int, default=None, help="TFLite interpreter threads")
+
+
+def _fail(message):
+    print(f"kmssl tag: error: {message}", file=sys.stderr)
+    return 2
+
+
+def top_tags(probabilities, tags, k):
+    """[(tag, score)] of the k highest scores, best first (ties keep the tag order)."""
+    import numpy as np
+
+    order = np.argsort(-np.asarray(probabilities), kind="stable")[:k]
+    return [(tags[i], float(probabilities[i])) for i in order]
+
+
+def run(args):
+    from tqdm.auto import tqdm
+
+    from keras_music_ssl.data import AudioError, load_audio
+    from keras_music_ssl.export import ExportError, load_exported
+
+    if args.top < 1:
+        return _fail("--top must be at least 1")
+    try:
+        model = load_exported(args.model, num_threads=args.threads)
+    except (FileNotFoundError, ExportError) as error:
+        return _fail(error)
+    meta = model.metadata
+    if meta.get("kind") != "tagger" or not meta.get("tags"):
+        return _fail(f"{args.model} has no tags: it is an embedder. Export a tagger with "
+                     "`kmssl export --preset ... --head PROBE`.")
+    results, skipped = [], []
+    for path in tqdm(args.files, unit="file", desc="tag", disable=None, file=sys.stderr):
+        try:
+            waveform = load_audio(path, sample_rate=meta["sample_rate"])
+        except AudioError as error:
+            skipped.append({"path": error.path, "reason": error.reason, "detail": error.detail})
+            print(f"kmssl tag: skipping {error}", file=sys.stderr)
+            continue
+        out = model.track(waveform)
+        result = {"path": str(path), "num_chunks": int(out["num_chunks"]),
+                  "tags": [{"tag": t, "score": s} for t, s in top_tags(out["probabilities"], meta["tags"], args.top)]}
+        results.append(result)
+        if not args.json:
+            print(result["path"])
+            for item in result["tags"]:
+                print(f"  {item['score']:.3f}  {item['tag']}")
+    if args.json:
+        print(json.dumps({"model": str(args.model), "results": results, "skipped": skipped}, indent=2))
+    if skipped:
+        print(f"kmssl tag: {len(skipped)} of {len(args.files)} files skipped", file=sys.stderr)
+    return 1 if skipped else 0

@@ -1,0 +1,152 @@
+"""A music tagger: encoder + probe head + tag names (the paper probes a frozen encoder).
+
+The downstream model of the paper (spec §7.1): the encoder's embedding feeds a small
+classifier, ``Head(1024, hidden + [n_tags])`` in the authors' code, i.e. bias-free
+linear layers with BatchNorm + ReLU between hidden layers, and a sigmoid for multi-label
+tags. A whole track is tagged from the mean of its 4 s chunk embeddings (spec §2, §7.1).
+
+The saved probe head (what ``kmssl export --head PROBE`` reads) is a ``.keras`` file of a
+one-layer model holding a ``TagHead``; the tag names are part of the layer's config, so
+they travel with the weights. ``save_tag_head`` / ``load_tag_head`` write and read it.
+"""
+
+import keras
+
+from keras_music_ssl.backbone import MusicEncoder
+
+# PyTorch BatchNorm defaults, as in the authors' Head.
+_BN = dict(epsilon=1e-5, momentum=0.9)
+
+
+@keras.saving.register_keras_serializable(package="keras_music_ssl")
+class TagHead(keras.layers.Layer):
+    """Embedding (batch, dim) -> tag probabilities (batch, len(tags)).
+
+    ``hidden_units=(h1, ..., hk)`` adds k blocks Dense(h, no bias) -> BatchNorm -> ReLU
+    before the last Dense(len(tags)). ``use_bias=False`` is the authors' Head (every Linear
+    is bias-free). ``activation="sigmoid"`` gives independent tag probabilities; ``None``
+    returns logits (for a loss computed on logits).
+    """
+
+    def __init__(self, tags, hidden_units=(), use_bias=False, activation="sigmoid", **kwargs):
+        super().__init__(**kwargs)
+        tags = [str(tag) for tag in tags]
+        if not tags:
+            raise ValueError("A TagHead needs at least one tag name.")
+        duplicated = sorted({tag for tag in tags if tags.count(tag) > 1})
+        if duplicated:
+            raise ValueError(f"Tag names must be unique; repeated: {duplicated}")
+        if activation not in ("sigmoid", None):
+            raise ValueError(f"activation must be 'sigmoid' or None, got {activation!r}")
+        self.tags = tags
+        self.hidden_units = tuple(int(h) for h in hidden_units)
+        self.use_bias = bool(use_bias)
+        self.activation = activation
+        self.hidden = [
+            (keras.layers.Dense(units, use_bias=False, name=f"hidden{i}"),
+             keras.layers.BatchNormalization(**_BN, name=f"hidden{i}_bn"))
+            for i, units in enumerate(self.hidden_units)
+        ]
+        self.logits = keras.layers.Dense(len(tags), use_bias=self.use_bias, name="logits")
+
+    @property
+    def num_tags(self):
+        return len(self.tags)
+
+    def build(self, input_shape):
+        self.input_dim = int(input_shape[-1])
+        shape = tuple(input_shape)
+        for dense, norm in self.hidden:
+            dense.build(shape)
+            shape = shape[:-1] + (dense.units,)
+            norm.build(shape)
+        self.logits.build(shape)
+
+    def call(self, embedding, training=None):
+        x = embedding
+        for dense, norm in self.hidden:
+            x = keras.ops.relu(norm(dense(x), training=training))
+        x = self.logits(x)
+        return keras.ops.sigmoid(x) if self.activation == "sigmoid" else x
+
+    def compute_output_shape(self, input_shape):
+        return tuple(input_shape[:-1]) + (self.num_tags,)
+
+    def get_config(self):
+        return {**super().get_config(), "tags": list(self.tags),
+                "hidden_units": self.hidden_units, "use_bias": self.use_bias,
+                "activation": self.activation}
+
+
+@keras.saving.register_keras_serializable(package="keras_music_ssl")
+class MusicTagger(keras.Model):
+    """Waveform (batch, num_samples) -> tag probabilities (batch, n_tags): ``head(encoder(x))``.
+
+    ``.encoder`` is a ``MusicEncoder``, ``.head`` a ``TagHead``, ``.tags`` the tag names.
+    A track longer than one clip is tagged as ``head(mean of its chunk embeddings)``, not
+    as the mean of per-chunk probabilities (spec §7.1); the exported models do that.
+    """
+
+    def __init__(self, encoder, head, **kwargs):
+        if not isinstance(encoder, MusicEncoder):
+            raise TypeError(f"encoder must be a MusicEncoder, got {type(encoder).__name__}")
+        if not isinstance(head, TagHead):
+            raise TypeError(f"head must be a TagHead, got {type(head).__name__}")
+        waveform = keras.Input((encoder.num_samples,), name="waveform")
+        probabilities = head(encoder(waveform))
+        super().__init__(waveform, probabilities, **kwargs)
+        self.encoder = encoder
+        self.head = head
+
+    @property
+    def tags(self):
+        return list(self.head.tags)
+
+    @property
+    def num_samples(self):
+        return self.encoder.num_samples
+
+    @property
+    def sample_rate(self):
+        return self.encoder.sample_rate
+
+    def get_config(self):
+        return {"name": self.name, "trainable": self.trainable,
+                "encoder": keras.saving.serialize_keras_object(self.encoder),
+                "head": keras.saving.serialize_keras_object(self.head)}
+
+    @classmethod
+    def from_config(cls, config):
+        config = dict(config)
+        encoder = keras.saving.deserialize_keras_object(config.pop("encoder"))
+        head = keras.saving.deserialize_keras_object(config.pop("head"))
+        return cls(encoder, head, **config)
+
+
+def save_tag_head(head, path, input_dim=None):
+    """Save a built ``TagHead`` (weights + tag names) as a ``.keras`` probe-head file."""
+    if not isinstance(head, TagHead):
+        raise TypeError(f"Expected a TagHead, got {type(head).__name__}")
+    if input_dim is None:
+        if not head.built:
+            raise ValueError("The head is not built: call it once or pass input_dim.")
+        input_dim = head.input_dim
+    wrapper = keras.Sequential([keras.Input((int(input_dim),), name="embedding"), head],
+                               name="tag_head")
+    wrapper.save(str(path))
+    return path
+
+
+def load_tag_head(path):
+    """Read a probe-head file written by ``save_tag_head`` (or a saved ``MusicTagger``).
+
+    Returns the ``TagHead``; raises ``ValueError`` if the file holds no ``TagHead``.
+    """
+    model = keras.saving.load_model(str(path))
+    if isinstance(model, MusicTagger):
+        return model.head
+    heads = [layer for layer in model.layers if isinstance(layer, TagHead)]
+    if len(heads) != 1:
+        raise ValueError(f"{path} holds no TagHead (tag names + classifier); "
+                         f"found layers {[type(layer).__name__ for layer in model.layers]}.")
+    return heads[0]
