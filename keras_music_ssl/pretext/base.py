@@ -171,6 +171,8 @@ class PretextModel(keras.Model):
             self.steps_per_epoch = int(steps)
         if self.steps_per_epoch is not None:
             self._size_schedules(epochs * self.steps_per_epoch)
+        if hasattr(x, "element_spec"):  # a tf.data.Dataset shuffles itself; Keras would warn
+            kwargs.setdefault("shuffle", False)
         callbacks = list(callbacks or [])
         if not any(isinstance(c, keras.callbacks.TerminateOnNaN) for c in callbacks):
             callbacks.append(keras.callbacks.TerminateOnNaN())
