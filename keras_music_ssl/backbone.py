@@ -16,8 +16,9 @@ from keras import layers, ops
 
 from keras_music_ssl.frontend import LogMelSpectrogram
 
-# PyTorch BatchNorm defaults: eps 1e-5, running-average momentum 0.1 (Keras: 0.9).
-_BN = dict(epsilon=1e-5, momentum=0.9)
+# PyTorch BatchNorm defaults: eps 1e-5, running-average momentum 0.1 (Keras: 0.9). Shared by
+# every BatchNorm of the package (encoder, pretext heads, tag head).
+TORCH_BATCHNORM = dict(epsilon=1e-5, momentum=0.9)
 
 
 def _conv(filters, kernel_size, name):
@@ -37,11 +38,11 @@ class Bottleneck(layers.Layer):
         self.planes = planes
         self.stride = stride
         self.conv1 = _conv(planes, 1, "conv1")
-        self.bn1 = layers.BatchNormalization(**_BN, name="bn1")
+        self.bn1 = layers.BatchNormalization(**TORCH_BATCHNORM, name="bn1")
         self.conv2 = _conv(planes, 3, "conv2")
-        self.bn2 = layers.BatchNormalization(**_BN, name="bn2")
+        self.bn2 = layers.BatchNormalization(**TORCH_BATCHNORM, name="bn2")
         self.conv3 = _conv(planes * self.expansion, 1, "conv3")
-        self.bn3 = layers.BatchNormalization(**_BN, name="bn3")
+        self.bn3 = layers.BatchNormalization(**TORCH_BATCHNORM, name="bn3")
         self.pool = layers.AveragePooling2D(stride, padding="valid") if stride > 1 else None
         self.downsample = None  # decided in build(), once the input width is known
 
@@ -59,7 +60,7 @@ class Bottleneck(layers.Layer):
             # PyTorch names this Sequential("-1": AvgPool, "0": Conv, "1": BN).
             self.downsample = [
                 _conv(out_channels, 1, "downsample_0"),
-                layers.BatchNormalization(**_BN, name="downsample_1"),
+                layers.BatchNormalization(**TORCH_BATCHNORM, name="downsample_1"),
             ]
             self.downsample[0].build(input_shape)
             self.downsample[1].build(input_shape[:-1] + (out_channels,))
@@ -161,11 +162,11 @@ class ModifiedResNet(layers.Layer):
         self.stem_pad = keras.layers.ZeroPadding2D(1)
         # The first conv has stride 2: pad explicitly, as Keras "same" pads asymmetrically.
         self.conv1 = keras.layers.Conv2D(w // 2, 3, strides=2, use_bias=False, name="conv1")
-        self.bn1 = bn(**_BN, name="bn1")
+        self.bn1 = bn(**TORCH_BATCHNORM, name="bn1")
         self.conv2 = _conv(w // 2, 3, "conv2")
-        self.bn2 = bn(**_BN, name="bn2")
+        self.bn2 = bn(**TORCH_BATCHNORM, name="bn2")
         self.conv3 = _conv(w, 3, "conv3")
-        self.bn3 = bn(**_BN, name="bn3")
+        self.bn3 = bn(**TORCH_BATCHNORM, name="bn3")
         self.avgpool = keras.layers.AveragePooling2D(2)
         self.layer1, self.layer2, self.layer3, self.layer4 = (
             [Bottleneck(w * 2 ** i, stride=1 if (i == 0 or j) else 2, name=f"layer{i + 1}_{j}")

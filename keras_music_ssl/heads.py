@@ -14,8 +14,7 @@ Heads are discarded after pre-training: downstream tasks use the encoder embeddi
 import keras
 from keras import layers, ops
 
-# PyTorch BatchNorm1d defaults (eps 1e-5, running-average momentum 0.1 = Keras 0.9).
-_BN = dict(epsilon=1e-5, momentum=0.9)
+from keras_music_ssl.backbone import TORCH_BATCHNORM
 
 
 def torch_linear_initializer():
@@ -38,7 +37,7 @@ class Head(layers.Layer):
             raise ValueError("Head needs at least one layer width.")
         self.dense = [layers.Dense(d, use_bias=False, kernel_initializer=torch_linear_initializer(),
                                    name=f"linear_{i}") for i, d in enumerate(self.layers_dims)]
-        self.norms = [layers.BatchNormalization(**_BN, name=f"bn_{i}")
+        self.norms = [layers.BatchNormalization(**TORCH_BATCHNORM, name=f"bn_{i}")
                       for i in range(len(self.layers_dims) - 1)]
 
     def build(self, input_shape):

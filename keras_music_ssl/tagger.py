@@ -12,10 +12,7 @@ they travel with the weights. ``save_tag_head`` / ``load_tag_head`` write and re
 
 import keras
 
-from keras_music_ssl.backbone import MusicEncoder
-
-# PyTorch BatchNorm defaults, as in the authors' Head.
-_BN = dict(epsilon=1e-5, momentum=0.9)
+from keras_music_ssl.backbone import TORCH_BATCHNORM, MusicEncoder
 
 
 @keras.saving.register_keras_serializable(package="keras_music_ssl")
@@ -44,7 +41,7 @@ class TagHead(keras.layers.Layer):
         self.activation = activation
         self.hidden = [
             (keras.layers.Dense(units, use_bias=False, name=f"hidden{i}"),
-             keras.layers.BatchNormalization(**_BN, name=f"hidden{i}_bn"))
+             keras.layers.BatchNormalization(**TORCH_BATCHNORM, name=f"hidden{i}_bn"))
             for i, units in enumerate(self.hidden_units)
         ]
         self.logits = keras.layers.Dense(len(tags), use_bias=self.use_bias, name="logits")
