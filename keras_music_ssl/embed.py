@@ -1,6 +1,7 @@
 """Track embeddings for audio files, defined as in the authors' ``usage/sample.py``.
 
-For a track decoded to mono 16 kHz and peak-normalised (x / max|x|, unless silent):
+For a track decoded to mono 16 kHz and peak-normalised (x / max|x|, unless silent), as
+``keras_music_ssl/track.py`` defines it:
 
     chunks_k = x_padded[k * S : (k + 1) * S],  k = 0 .. ceil(len(x) / S) - 1,  S = 64,000 (4 s)
     embedding = (1 / K) * sum_k encoder(chunks_k)
@@ -23,6 +24,7 @@ from typing import NamedTuple
 import numpy as np
 
 from keras_music_ssl.data.audio import MAX_DURATION, AudioError, is_audio_path, load_audio
+from keras_music_ssl.track import UnusableTrack, chunk_waveform, peak_normalize  # noqa: F401
 
 
 class ResumeMismatchError(ValueError):
@@ -33,26 +35,6 @@ class Embeddings(NamedTuple):
     embeddings: np.ndarray  # (N, D) float32, one row per embedded file, in input order
     paths: list  # the N embedded files
     skipped: list  # (path, reason) for each file that was not embedded
-
-
-def chunk_waveform(waveform, num_samples=64000):
-    """(samples,) -> (ceil(samples / num_samples), num_samples) float32, zero-padded at the end."""
-    waveform = np.asarray(waveform, dtype=np.float32)
-    if waveform.ndim != 1:
-        raise ValueError(f"expected a mono waveform (samples,), got shape {waveform.shape}")
-    if waveform.size == 0:
-        raise ValueError("empty waveform: nothing to embed")
-    n_chunks = -(-waveform.size // num_samples)
-    padded = np.zeros(n_chunks * num_samples, dtype=np.float32)
-    padded[:waveform.size] = waveform
-    return padded.reshape(n_chunks, num_samples)
-
-
-def peak_normalize(waveform):
-    """x / max|x|; a silent waveform is returned unchanged."""
-    waveform = np.asarray(waveform, dtype=np.float32)
-    peak = float(np.max(np.abs(waveform))) if waveform.size else 0.0
-    return waveform / peak if peak > 0 else waveform
 
 
 def _num_samples(encoder):
@@ -76,15 +58,19 @@ def embed_waveform(encoder, waveform, batch_size=32, normalize=True):
     multiple of the encoder's input length, embeds every chunk and returns their mean.
     """
     waveform = peak_normalize(waveform) if normalize else waveform
-    chunks = chunk_waveform(waveform, _num_samples(encoder))
+    return embed_chunks(encoder, chunk_waveform(waveform, _num_samples(encoder)), batch_size).mean(axis=0)
+
+
+def embed_chunks(encoder, chunks, batch_size=32):
+    """Encoder outputs (k, D) float32 for clips (k, num_samples), ``batch_size`` at a time."""
     outputs = [_embed_batch(encoder, chunks[i:i + batch_size], batch_size)
                for i in range(0, len(chunks), batch_size)]
-    return np.concatenate(outputs).mean(axis=0)
+    return np.concatenate(outputs) if outputs else np.zeros((0, _output_dim(encoder)), np.float32)
 
 
 class _Track:
-    def __init__(self, path):
-        self.path, self.n_chunks, self.outputs, self.reason = path, 0, [], None
+    def __init__(self, path, mean):
+        self.path, self.mean, self.n_chunks, self.outputs, self.reason = path, mean, 0, [], None
 
     @property
     def done(self):
@@ -93,29 +79,30 @@ class _Track:
     def result(self):
         if self.reason is not None:
             return self.path, None, self.reason
-        embedding = np.stack(self.outputs).mean(axis=0)
+        outputs = np.stack(self.outputs)
+        embedding = outputs.mean(axis=0) if self.mean else outputs
         if not np.all(np.isfinite(embedding)):
             return self.path, None, "non_finite_embedding"
         return self.path, embedding, None
 
 
-def _decode(path, num_samples, max_duration):
+def _decode(path, chunker, max_duration):
     """(chunks, None), or (None, skip reason) for a file that cannot be used."""
     try:
-        return chunk_waveform(load_audio(path, max_duration=max_duration), num_samples), None
-    except AudioError as error:
+        return chunker(path, load_audio(path, max_duration=max_duration)), None
+    except (AudioError, UnusableTrack) as error:
         return None, error.reason + (f": {error.detail}" if error.detail else "")
     except ValueError as error:  # decoded to zero samples after resampling
         return None, f"empty: {error}"
 
 
-def _decoded(paths, num_samples, max_duration, ahead=2):
+def _decoded(paths, chunker, max_duration, ahead=2):
     """``(path, chunks, reason)`` in input order, decoding up to ``ahead`` files in a thread
     while the encoder runs (libsndfile and soxr release the GIL)."""
     paths = iter(paths)
     with ThreadPoolExecutor(max_workers=1) as pool:
         def submit(path):
-            return str(path), pool.submit(_decode, path, num_samples, max_duration)
+            return str(path), pool.submit(_decode, path, chunker, max_duration)
 
         jobs = collections.deque(submit(p) for p in itertools.islice(paths, ahead))
         while jobs:
@@ -124,12 +111,23 @@ def _decoded(paths, num_samples, max_duration, ahead=2):
             yield (path, *job.result())
 
 
-def iter_track_embeddings(encoder, paths, batch_size=32, max_duration=MAX_DURATION):
+def iter_track_embeddings(encoder, paths, batch_size=32, max_duration=MAX_DURATION, chunker=None,
+                          mean=True):
     """Yield ``(path, embedding (D,) or None, skip reason or None)`` per path, in input order.
 
-    Chunks of consecutive files share encoder batches of ``batch_size``; at most one
-    batch, one file's chunks and two decoded files ahead are held in memory.
+    ``chunker(path, waveform) -> (k, num_samples)`` cuts a decoded track into encoder inputs
+    (default: ``track.chunk_waveform``, the zero-padded track chunks); it raises ``track.UnusableTrack``
+    for a track to skip. With ``mean=False`` the embedding is the (k, D) array of
+    chunk embeddings instead of their mean. Chunks of consecutive files share encoder batches
+    of ``batch_size``; at most one batch, one file's chunks and two decoded files ahead are
+    held in memory.
     """
+    if chunker is None:
+        num_samples = _num_samples(encoder)
+
+        def chunker(path, waveform):
+            return chunk_waveform(waveform, num_samples)
+
     pending = collections.deque()  # tracks not yielded yet, in input order
     queue = []  # (track, chunk) waiting for the encoder
 
@@ -143,8 +141,8 @@ def iter_track_embeddings(encoder, paths, batch_size=32, max_duration=MAX_DURATI
         while pending and pending[0].done:
             yield pending.popleft().result()
 
-    for path, chunks, reason in _decoded(paths, _num_samples(encoder), max_duration):
-        track = _Track(path)
+    for path, chunks, reason in _decoded(paths, chunker, max_duration):
+        track = _Track(path, mean)
         if chunks is None:
             track.reason = reason
         else:

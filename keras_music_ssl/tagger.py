@@ -11,6 +11,7 @@ they travel with the weights. ``save_tag_head`` / ``load_tag_head`` write and re
 """
 
 import keras
+import numpy as np
 
 from keras_music_ssl.backbone import TORCH_BATCHNORM, MusicEncoder
 
@@ -19,13 +20,18 @@ from keras_music_ssl.backbone import TORCH_BATCHNORM, MusicEncoder
 class TagHead(keras.layers.Layer):
     """Embedding (batch, dim) -> tag probabilities (batch, len(tags)).
 
-    ``hidden_units=(h1, ..., hk)`` adds k blocks Dense(h, no bias) -> BatchNorm -> ReLU
-    before the last Dense(len(tags)). ``use_bias=False`` is the authors' Head (every Linear
-    is bias-free). ``activation="sigmoid"`` gives independent tag probabilities; ``None``
-    returns logits (for a loss computed on logits).
+    ``hidden_units=(h1, ..., hk)`` adds k hidden blocks before the last Dense(len(tags)):
+    Dense(h, no bias) -> BatchNorm -> ReLU (the authors' Head, ``batch_norm=True``), or
+    Dense(h) -> ReLU (``batch_norm=False``, MARBLE's MLP), each followed by ``Dropout(dropout)``.
+    ``use_bias=False`` is the authors' Head (every Linear is bias-free). ``activation="sigmoid"``
+    gives independent tag probabilities; ``None`` returns logits (for a loss on logits).
+    ``standardize=True`` holds a per-feature ``(x - mean) / std`` (non-trainable, set with
+    :meth:`set_standardization` from training features), so a probe trained on standardised
+    embeddings takes raw embeddings once saved or exported.
     """
 
-    def __init__(self, tags, hidden_units=(), use_bias=False, activation="sigmoid", **kwargs):
+    def __init__(self, tags, hidden_units=(), use_bias=False, activation="sigmoid", dropout=0.0,
+                 batch_norm=True, standardize=False, **kwargs):
         super().__init__(**kwargs)
         tags = [str(tag) for tag in tags]
         if not tags:
@@ -35,15 +41,22 @@ class TagHead(keras.layers.Layer):
             raise ValueError(f"Tag names must be unique; repeated: {duplicated}")
         if activation not in ("sigmoid", None):
             raise ValueError(f"activation must be 'sigmoid' or None, got {activation!r}")
+        if not 0.0 <= float(dropout) < 1.0:
+            raise ValueError(f"dropout must be in [0, 1), got {dropout}")
         self.tags = tags
         self.hidden_units = tuple(int(h) for h in hidden_units)
         self.use_bias = bool(use_bias)
         self.activation = activation
+        self.dropout = float(dropout)
+        self.batch_norm = bool(batch_norm)
+        self.standardize = bool(standardize)
         self.hidden = [
-            (keras.layers.Dense(units, use_bias=False, name=f"hidden{i}"),
-             keras.layers.BatchNormalization(**TORCH_BATCHNORM, name=f"hidden{i}_bn"))
+            (keras.layers.Dense(units, use_bias=not self.batch_norm, name=f"hidden{i}"),
+             keras.layers.BatchNormalization(**TORCH_BATCHNORM, name=f"hidden{i}_bn")
+             if self.batch_norm else None)
             for i, units in enumerate(self.hidden_units)
         ]
+        self.drop = keras.layers.Dropout(self.dropout) if self.dropout else None
         self.logits = keras.layers.Dense(len(tags), use_bias=self.use_bias, name="logits")
 
     @property
@@ -52,17 +65,34 @@ class TagHead(keras.layers.Layer):
 
     def build(self, input_shape):
         self.input_dim = int(input_shape[-1])
+        if self.standardize:
+            self.feature_mean = self.add_weight((self.input_dim,), "zeros", trainable=False, name="feature_mean")
+            self.feature_scale = self.add_weight((self.input_dim,), "ones", trainable=False, name="feature_scale")
         shape = tuple(input_shape)
         for dense, norm in self.hidden:
             dense.build(shape)
             shape = shape[:-1] + (dense.units,)
-            norm.build(shape)
+            if norm is not None:
+                norm.build(shape)
         self.logits.build(shape)
+
+    def set_standardization(self, mean, std, eps=1e-8):
+        """Hold ``(x - mean) / std`` for inputs (features with std < eps are only centred)."""
+        if not self.standardize:
+            raise ValueError("This TagHead was built with standardize=False.")
+        std = np.asarray(std, np.float32)
+        self.feature_mean.assign(np.asarray(mean, np.float32))
+        self.feature_scale.assign(np.where(std > eps, 1.0 / np.maximum(std, eps), 1.0).astype(np.float32))
 
     def call(self, embedding, training=None):
         x = embedding
+        if self.standardize:
+            x = (x - self.feature_mean) * self.feature_scale
         for dense, norm in self.hidden:
-            x = keras.ops.relu(norm(dense(x), training=training))
+            x = dense(x)
+            x = keras.ops.relu(norm(x, training=training) if norm is not None else x)
+            if self.drop is not None:
+                x = self.drop(x, training=training)
         x = self.logits(x)
         return keras.ops.sigmoid(x) if self.activation == "sigmoid" else x
 
@@ -72,7 +102,8 @@ class TagHead(keras.layers.Layer):
     def get_config(self):
         return {**super().get_config(), "tags": list(self.tags),
                 "hidden_units": self.hidden_units, "use_bias": self.use_bias,
-                "activation": self.activation}
+                "activation": self.activation, "dropout": self.dropout,
+                "batch_norm": self.batch_norm, "standardize": self.standardize}
 
 
 @keras.saving.register_keras_serializable(package="keras_music_ssl")

@@ -11,13 +11,18 @@ TAGS = ["rock", "piano", "guitar", "drums", "vocal"]
 
 
 def _numpy_head(head, x):
-    """sigmoid(last(relu(bn(dense(x))))) with BatchNorm in inference mode."""
+    """sigmoid(last(relu(bn(dense(x))))) with BatchNorm in inference mode (dropout is off);
+    without BatchNorm, relu(dense(x) + bias); with standardisation, x -> (x - mean) * scale first."""
+    if head.standardize:
+        x = (x - keras.ops.convert_to_numpy(head.feature_mean)) * keras.ops.convert_to_numpy(head.feature_scale)
     for i, units in enumerate(head.hidden_units):
-        kernel = keras.ops.convert_to_numpy(head.hidden[i][0].kernel)
-        bn = head.hidden[i][1]
+        dense, bn = head.hidden[i]
+        x = x @ keras.ops.convert_to_numpy(dense.kernel)
+        if bn is None:
+            x = np.maximum(x + keras.ops.convert_to_numpy(dense.bias), 0.0)
+            continue
         mean, var, gamma, beta = (keras.ops.convert_to_numpy(v) for v in
                                   (bn.moving_mean, bn.moving_variance, bn.gamma, bn.beta))
-        x = x @ kernel
         x = np.maximum((x - mean) / np.sqrt(var + 1e-5) * gamma + beta, 0.0)
     logits = x @ keras.ops.convert_to_numpy(head.logits.kernel)
     if head.use_bias:
@@ -43,6 +48,28 @@ def test_tag_head_matches_numpy_mlp(rng, hidden_units, use_bias):
     got = keras.ops.convert_to_numpy(head(x, training=False))
     np.testing.assert_allclose(got, _numpy_head(head, x), rtol=1e-5, atol=1e-6)
     assert got.shape == (6, len(TAGS))
+
+
+def test_marble_style_head_with_standardisation_matches_numpy(rng, tmp_path):
+    head = TagHead(TAGS, hidden_units=(9,), use_bias=True, dropout=0.2, batch_norm=False, standardize=True)
+    x = rng.normal(size=(6, 12)).astype("float32") * 4 + 2
+    head(x)
+    _randomize(head, rng)
+    head.set_standardization(x.mean(axis=0), np.where(np.arange(12) == 3, 0.0, x.std(axis=0)))
+    got = keras.ops.convert_to_numpy(head(x, training=False))
+    np.testing.assert_allclose(got, _numpy_head(head, x), rtol=1e-5, atol=1e-6)
+    assert keras.ops.convert_to_numpy(head.feature_scale)[3] == 1.0  # a constant feature is only centred
+    assert not np.allclose(keras.ops.convert_to_numpy(head(x, training=True)), got)  # dropout when training
+    loaded = load_tag_head(save_tag_head(head, tmp_path / "probe.keras"))
+    assert (loaded.dropout, loaded.batch_norm, loaded.standardize) == (0.2, False, True)
+    np.testing.assert_array_equal(keras.ops.convert_to_numpy(loaded(x, training=False)), got)
+
+
+def test_standardisation_needs_a_standardising_head():
+    head = TagHead(TAGS)
+    head(np.zeros((1, 4), "float32"))
+    with pytest.raises(ValueError, match="standardize=False"):
+        head.set_standardization(np.zeros(4), np.ones(4))
 
 
 def test_tag_head_without_activation_returns_logits(rng):

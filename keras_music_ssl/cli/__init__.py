@@ -15,6 +15,7 @@ COMMANDS = {
     "embed": "embed",
     "export": "export",
     "tag": "tag",
+    "probe": "probe",
 }
 
 

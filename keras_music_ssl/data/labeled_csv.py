@@ -73,8 +73,12 @@ def split_tags(field):
     return [t for t in (s.strip() for s in field.split(";")) if t]
 
 
-def read_labeled_dataset(path):
-    """Read a dataset folder (or its ``metadata.csv``), validating splits and tags."""
+def read_labeled_dataset(path, strict=True):
+    """Read a dataset folder (or its ``metadata.csv``), validating splits and tags.
+
+    ``strict=False`` keeps rows whose tags are not in ``tags.txt`` (for a caller that counts
+    and removes them, as the probe harness does); their ``labels`` are then undefined.
+    """
     path = os.fspath(path)
     csv_path = os.path.join(path, METADATA_FILE) if os.path.isdir(path) else path
     root = os.path.dirname(os.path.abspath(csv_path))
@@ -93,7 +97,7 @@ def read_labeled_dataset(path):
         if row["split"] not in SPLITS:
             raise ValueError(f"{csv_path}:{line}: split {row['split']!r} is not one of {SPLITS}")
         unknown = [t for t in split_tags(row["tags"]) if t not in known]
-        if unknown:
+        if unknown and strict:
             raise ValueError(f"{csv_path}:{line}: tag(s) {unknown} not in {TAGS_FILE}")
     return LabeledDataset(root, tags, rows)
 

@@ -1,16 +1,15 @@
-"""Downstream segment datasets (spec §7.2), shared with the probe harness.
+"""Downstream segment datasets (spec §7.2) in tf.data, for training on audio end to end.
 
-Training examples, as the authors' downstream loader: each track is cut into non-overlapping
-segments of ``segment_samples`` (the partial last one is dropped); a segment is kept if
+The rules are those of ``keras_music_ssl/track.py`` (one definition; the probe harness uses it
+in numpy): non-overlapping segments of ``segment_samples``, the partial last one dropped, kept if
 
     10 · ln(rms_segment / rms_track) > -7.5        (natural log: rms_segment > 0.472 · rms_track)
 
-the kept segments are shuffled and at most ``max_segments`` (25) are used; each inherits the
-track's labels. Tracks with no kept segment (all silent, or shorter than one segment) are
-dropped and recorded in the ``report``.
-
-Test time (``usage/sample.py``): :func:`chunk_track` zero-pads the track to a multiple of the
-segment length and cuts it into consecutive segments, whose embeddings are averaged.
+shuffled, at most ``max_segments`` (25); each inherits the track's labels. Tracks with no kept
+segment (all silent, or shorter than one segment) are dropped and recorded in the ``report``.
+:func:`track_segments` is the in-graph form of ``track.segment_keep_mask`` (a test holds them
+equal); :func:`chunk_track` is ``track.chunk_waveform`` (test time: zero-padded chunks whose
+embeddings are averaged).
 """
 
 import numpy as np
@@ -18,10 +17,7 @@ import tensorflow as tf
 
 from keras_music_ssl.data.audio_dataset import SkipReport, decoded_audio
 from keras_music_ssl.data.labeled_csv import LabeledDataset, read_labeled_dataset
-
-SEGMENT_SAMPLES = 64000
-MAX_SEGMENTS = 25
-RMS_THRESHOLD = -7.5
+from keras_music_ssl.track import MAX_SEGMENTS, RMS_THRESHOLD, SEGMENT_SAMPLES, chunk_waveform
 
 
 def track_segments(waveform, seed, segment_samples=SEGMENT_SAMPLES, max_segments=MAX_SEGMENTS,
@@ -44,9 +40,7 @@ def track_segments(waveform, seed, segment_samples=SEGMENT_SAMPLES, max_segments
 
 def chunk_track(waveform, segment_samples=SEGMENT_SAMPLES):
     """numpy: ``(ceil(n / L), L)`` consecutive segments, the last one zero-padded (test time)."""
-    x = np.asarray(waveform, np.float32).reshape(-1)
-    count = max(1, -(-len(x) // segment_samples))
-    return np.pad(x, (0, count * segment_samples - len(x))).reshape(count, segment_samples)
+    return chunk_waveform(np.asarray(waveform, np.float32).reshape(-1), segment_samples)
 
 
 def segment_dataset(dataset, split, batch_size=256, seed=0, shuffle_buffer=4999, repeat=True,

@@ -1,0 +1,91 @@
+"""kmssl probe: frozen embeddings -> MLP probe -> ROC/PR-AUC with a bootstrap, for several models.
+
+    kmssl probe DATASET --model M [--model M2 ...] --out DIR [--protocol paper|marble]
+                [--fractions [F ...]] [--bootstrap 50] [--seed 0] [--no-baseline]
+
+DATASET: a folder in the generic format (or its metadata.csv), ``mtat:ROOT``, or
+``jamendo:ROOT[:SUBSET[:SPLIT]]``. M: a preset folder, a named preset, ``random`` or
+``logmel-stats`` (always added unless ``--no-baseline``). Exit status 0 on success, 2 with a
+one-line reason on bad input.
+"""
+
+import sys
+
+HELP = "Probe frozen encoders on a tagging dataset (MTAT, MTG-Jamendo, a labeled folder) and report."
+
+
+def add_arguments(parser):
+    from keras_music_ssl.probe.fractions import DEFAULT_FRACTIONS
+
+    parser.add_argument("dataset", metavar="DATASET",
+                        help="labeled folder (metadata.csv + tags.txt), mtat:ROOT or jamendo:ROOT[:SUBSET[:SPLIT]]")
+    parser.add_argument("--model", action="append", required=True, metavar="M",
+                        help="preset folder or name, 'random' (seeded paper encoder) or 'logmel-stats'; repeatable")
+    parser.add_argument("--out", required=True, metavar="DIR",
+                        help="report folder: results.json/.csv/.md, bootstrap.png, fractions.png, "
+                             "predictions/, heads/")
+    parser.add_argument("--protocol", default="paper", choices=("paper", "marble"),
+                        help="paper: the authors' linear head and loss; marble: MARBLE's 512-unit MLP (default paper)")
+    parser.add_argument("--fractions", nargs="*", type=float, default=None, metavar="F",
+                        help=f"also probe on fractions of the training tracks (no value: "
+                             f"{' '.join(map(str, DEFAULT_FRACTIONS))})")
+    parser.add_argument("--draws", type=int, default=4, help="seeded draws per fraction (default 4)")
+    parser.add_argument("--bootstrap", type=int, default=50, metavar="N", help="bootstrap resamples (default 50)")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--no-baseline", action="store_true", help="do not add the logmel-stats floor")
+    parser.add_argument("--hidden-units", type=int, nargs="*", default=None, metavar="H",
+                        help="hidden layer widths of the probe (default: the protocol's)")
+    parser.add_argument("--epochs", type=int, default=None, help="at most this many probe epochs (default 100)")
+    parser.add_argument("--eval-chunks", default="segments", choices=("segments", "padded"),
+                        help="valid/test track embedding: mean over whole 4-s segments (default), or over "
+                             "zero-padded chunks as kmssl embed does")
+    parser.add_argument("--batch-size", type=int, default=32, help="4-s segments per encoder call (default 32)")
+    parser.add_argument("--cache-dir", default=None,
+                        help="embedding cache (default $KMSSL_CACHE_DIR or ~/.cache/keras_music_ssl/embeddings)")
+    parser.add_argument("--audio-dir", default=None, help="audio root, if not where the dataset's loader looks")
+    parser.add_argument("--weights-dir", default=None, help="where named presets live (default $KMSSL_WEIGHTS_DIR)")
+
+
+def _fail(message):
+    print(f"kmssl probe: {message}", file=sys.stderr)
+    return 2
+
+
+def run(args):
+    from keras_music_ssl.probe.datasets import ProbeDataError, load_probe_dataset
+    from keras_music_ssl.probe.fractions import DEFAULT_FRACTIONS
+
+    fractions = args.fractions
+    if fractions is not None and not fractions:
+        fractions = list(DEFAULT_FRACTIONS)
+    if fractions and not all(0 < f <= 1 for f in fractions):
+        return _fail("--fractions must lie in (0, 1]")
+    if args.bootstrap < 1 or args.draws < 1 or args.batch_size < 1 or (args.epochs is not None and args.epochs < 1):
+        return _fail("--bootstrap, --draws, --batch-size and --epochs must be positive")
+    try:
+        data = load_probe_dataset(args.dataset, audio_dir=args.audio_dir)
+    except (ProbeDataError, OSError) as error:
+        return _fail(str(error).splitlines()[0])
+    print(f"{data.name}: {data.report['splits']} tracks, {len(data.dataset.tags)} tags"
+          + (f"; dropped {data.report['dropped']}" if data.report["dropped"] else ""))
+
+    from keras_music_ssl.presets import PresetNotFoundError
+    from keras_music_ssl.probe.harness import run_probe
+    from keras_music_ssl.probe.models import resolve_model
+    from keras_music_ssl.probe.report import markdown_table
+
+    try:
+        models = [resolve_model(m, args.seed, args.weights_dir) for m in args.model]
+    except (PresetNotFoundError, TypeError) as error:
+        return _fail(str(error).splitlines()[0])
+    try:
+        results = run_probe(data, models, args.out, protocol=args.protocol, fractions=fractions, draws=args.draws,
+                            bootstrap=args.bootstrap, seed=args.seed, baseline=not args.no_baseline, cache_dir=args.cache_dir,
+                            embed_batch_size=args.batch_size, eval_chunks=args.eval_chunks,
+                            hidden_units=args.hidden_units, epochs=args.epochs)
+    except ValueError as error:
+        return _fail(str(error).splitlines()[0])
+    print(markdown_table(results))
+    print(f"report -> {args.out}/results.md, results.json, bootstrap.png"
+          + (", fractions.png" if fractions else ""))
+    return 0

@@ -1,0 +1,148 @@
+"""The probe report in ``--out``: ``results.json``, ``results.csv``, ``results.md`` and figures.
+
+- ``results.json``: everything (``{"dataset", "protocol", "tags", "models": {NAME: {"test": {metric:
+  {point, mean, std, ci95, resamples}, tags_scored, tags_excluded}, "fractions": {...}}}}``);
+- ``results.csv``: one row per model x metric (and per training fraction);
+- ``results.md``: the table a person pastes (point estimate on the full test set, bootstrap
+  mean ± std and 95 % interval);
+- ``bootstrap.png``: each model's bootstrap resamples as dots and their mean as a marker, per
+  metric (the poster's Fig. 1);
+- ``fractions.png`` (when fractions were run): macro metrics against the training fraction, the
+  band being the 95 % t-interval of the mean over the draws (the poster's Fig. 2).
+"""
+
+import csv
+import json
+import os
+
+import numpy as np
+
+from keras_music_ssl.probe.metrics import METRICS
+
+LABELS = {"roc_auc_macro": "ROC-AUC macro", "pr_auc_macro": "PR-AUC macro",
+          "roc_auc_micro": "ROC-AUC micro", "pr_auc_micro": "PR-AUC micro"}
+
+
+def _atomic_write(path, text):
+    with open(f"{path}.partial", "w", encoding="utf-8", newline="") as f:
+        f.write(text)
+    os.replace(f"{path}.partial", path)
+
+
+def markdown_table(results):
+    lines = [f"Probe on `{results['dataset']}` ({results['protocol']} protocol): test split, point estimate "
+             f"(bootstrap mean ± std over {results['settings']['bootstrap']} resamples, 95 % interval).", "",
+             "| model | " + " | ".join(LABELS[m] for m in METRICS) + " | tags scored |",
+             "|---|" + "---:|" * (len(METRICS) + 1)]
+    for name, result in results["models"].items():
+        cells = []
+        for metric in METRICS:
+            m = result["test"][metric]
+            cells.append(f"{m['point']:.3f} ({m['mean']:.3f} ± {m['std']:.3f}, {m['ci95'][0]:.3f}–{m['ci95'][1]:.3f})")
+        lines.append(f"| {name} | " + " | ".join(cells) + f" | {result['test']['tags_scored']} |")
+    fractions = [r.get("fractions") for r in results["models"].values() if r.get("fractions")]
+    if fractions:
+        keys = list(fractions[0])
+        lines += ["", f"Limited data: mean ± std over {results['settings']['draws']} draws of the training tracks "
+                      "(test split, ROC-AUC macro / PR-AUC macro).", "",
+                  "| model | " + " | ".join(f"{float(k):.0%}" for k in keys) + " |",
+                  "|---|" + "---:|" * len(keys)]
+        for name, result in results["models"].items():
+            if result.get("fractions"):
+                cells = [f"{result['fractions'][k]['roc_auc_macro']['mean']:.3f} / "
+                         f"{result['fractions'][k]['pr_auc_macro']['mean']:.3f}" for k in keys]
+                lines.append(f"| {name} | " + " | ".join(cells) + " |")
+    return "\n".join(lines) + "\n"
+
+
+def csv_rows(results):
+    rows = []
+    for name, result in results["models"].items():
+        for metric in METRICS:
+            m = result["test"][metric]
+            rows.append([name, "", metric, m["point"], m["mean"], m["std"], *m["ci95"]])
+        for fraction, entry in (result.get("fractions") or {}).items():
+            for metric in ("roc_auc_macro", "pr_auc_macro"):
+                rows.append([name, fraction, metric, "", entry[metric]["mean"], entry[metric]["std"], "", ""])
+    return rows
+
+
+def _title(results):
+    name = results["dataset"].rstrip("/")
+    return name if ":" in name else os.path.basename(name)  # a folder: its name, not the whole path
+
+
+def plot_bootstrap(results, path):
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    names = list(results["models"])
+    fig, axes = plt.subplots(1, 2, figsize=(4 + 1.2 * len(names), 4), squeeze=False)
+    rng = np.random.default_rng(0)
+    for ax, metric in zip(axes[0], ("pr_auc_macro", "roc_auc_macro")):
+        for i, name in enumerate(names):
+            m = results["models"][name]["test"][metric]
+            values = np.asarray(m["resamples"])
+            ax.scatter(i + rng.uniform(-0.15, 0.15, len(values)), values, s=8, alpha=0.5, color=f"C{i}")
+            ax.scatter([i], [m["mean"]], marker="D", s=50, color="black", zorder=3)
+        ax.set_xticks(range(len(names)), names, rotation=30, ha="right")
+        ax.set_title(LABELS[metric])
+        ax.grid(axis="y", alpha=0.3)
+    fig.suptitle(f"{_title(results)}: bootstrap over test tracks")
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
+def plot_fractions(results, path):
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    from scipy import stats
+
+    fig, axes = plt.subplots(1, 2, figsize=(10, 4), squeeze=False)
+    for ax, metric in zip(axes[0], ("pr_auc_macro", "roc_auc_macro")):
+        for i, (name, result) in enumerate(results["models"].items()):
+            if not result.get("fractions"):
+                continue
+            keys = sorted(result["fractions"], key=float)
+            x = np.array([float(k) for k in keys]) * 100
+            draws = [np.asarray(result["fractions"][k][metric]["draws"]) for k in keys]
+            mean = np.array([d.mean() for d in draws])
+            half = np.array([stats.t.ppf(0.975, len(d) - 1) * d.std(ddof=1) / np.sqrt(len(d)) if len(d) > 1 else 0.0
+                             for d in draws])
+            ax.plot(x, mean, marker="o", color=f"C{i}", label=name)
+            ax.fill_between(x, mean - half, mean + half, color=f"C{i}", alpha=0.2)
+        ax.set_xscale("log")
+        ax.set_xlabel("training tracks (%)")
+        ax.set_title(LABELS[metric])
+        ax.grid(alpha=0.3)
+    axes[0][0].legend()
+    fig.suptitle(f"{_title(results)}: limited training data")
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
+def write_report(results, out):
+    """Write every report file of ``results`` into ``out``; return the paths written."""
+    import io
+
+    os.makedirs(out, exist_ok=True)
+    paths = {name: os.path.join(out, name) for name in ("results.json", "results.csv", "results.md")}
+    _atomic_write(paths["results.json"], json.dumps(results, indent=1))
+    buffer = io.StringIO()
+    writer = csv.writer(buffer, lineterminator="\n")
+    writer.writerow(["model", "fraction", "metric", "point", "mean", "std", "ci95_low", "ci95_high"])
+    writer.writerows(csv_rows(results))
+    _atomic_write(paths["results.csv"], buffer.getvalue())
+    _atomic_write(paths["results.md"], markdown_table(results))
+    paths["bootstrap.png"] = os.path.join(out, "bootstrap.png")
+    plot_bootstrap(results, paths["bootstrap.png"])
+    if any(r.get("fractions") for r in results["models"].values()):
+        paths["fractions.png"] = os.path.join(out, "fractions.png")
+        plot_fractions(results, paths["fractions.png"])
+    return paths
