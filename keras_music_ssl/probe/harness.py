@@ -166,4 +166,9 @@ def run_probe(dataset, models, out, protocol="paper", fractions=None, draws=DRAW
             os.replace(f"{state}.partial", state)
         results["models"][model.name] = result
         write_report(results, out)
+        if progress:
+            test = result["test"]
+            print(f"{model.name}: test ROC-AUC macro {test['roc_auc_macro']['point']:.3f}, PR-AUC macro "
+                  f"{test['pr_auc_macro']['point']:.3f} ({test['tags_scored']} tags; probe fit "
+                  f"{result['seconds']['fit']:.1f} s, best epoch {result['best_epoch']})", flush=True)
     return results
