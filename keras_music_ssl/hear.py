@@ -71,7 +71,7 @@ def load_model(model_file_path="", hop_ms=TIMESTAMP_HOP_MS):
     return HearModel(encoder, hop_ms)
 
 
-def _audio(audio, model):
+def _audio(audio):
     x = np.asarray(keras.ops.convert_to_numpy(audio), np.float32)
     if x.ndim != 2:
         raise ValueError(f"audio must be (n_sounds, n_samples), got shape {x.shape}")
@@ -86,7 +86,7 @@ def _tensor(array):
 
 def get_scene_embeddings(audio, model):
     """(n_sounds, n_samples) -> (n_sounds, scene_embedding_size): the track embedding of each sound."""
-    x = _audio(audio, model)
+    x = _audio(audio)
     chunks = np.stack([chunk_waveform(peak_normalize(sound), model.encoder.num_samples) for sound in x])
     n, k, length = chunks.shape
     outputs = embed_chunks(model.encoder, chunks.reshape(n * k, length), BATCH_SIZE)
@@ -101,7 +101,7 @@ def timestamps_ms(num_samples, sample_rate, hop_ms=TIMESTAMP_HOP_MS):
 
 def get_timestamp_embeddings(audio, model):
     """(n_sounds, n_samples) -> embeddings (n_sounds, n_times, D), timestamps (n_sounds, n_times) in ms."""
-    x = _audio(audio, model)
+    x = _audio(audio)
     window = model.encoder.num_samples
     times = timestamps_ms(x.shape[1], model.sample_rate, model.hop_ms)
     starts = np.round(times * model.sample_rate / 1000.0).astype(np.int64)  # in the padded signal

@@ -140,20 +140,16 @@ def extract_split(probed, dataset, split, cache_dir, seed=0, batch_size=32, bloc
         for block, file in zip(blocks, files):
             if not os.path.isfile(file):
                 _write_part(file, _embed_block(probed, block, split, chunker, batch_size, max_duration, bar))
-    kept, features, track, skipped, keep_rows = [], [], [], [], []
-    offset = 0
+    features, counts, reasons = [], [], []
     for file in files:
         with np.load(file, allow_pickle=False) as data:
-            block_paths, counts, reasons = [str(p) for p in data["paths"]], data["counts"], data["reasons"]
             features.append(data["features"])
-        for path, count, reason in zip(block_paths, counts, reasons):
-            if count:
-                track += [len(kept)] * int(count)
-                keep_rows.append(offset)
-                kept.append(path)
-            else:
-                skipped.append((path, str(reason)))
-            offset += 1
+            counts += data["counts"].tolist()
+            reasons += [str(r) for r in data["reasons"]]
+    keep_rows = [i for i, count in enumerate(counts) if count]  # the cache follows ``paths``
+    kept = [paths[i] for i in keep_rows]
+    track = [t for t, i in enumerate(keep_rows) for _ in range(counts[i])]
+    skipped = [(paths[i], reasons[i]) for i, count in enumerate(counts) if not count]
     with open(os.path.join(folder, "info.json"), "w") as f:
         json.dump({"model": probed.name, "fingerprint": probed.fingerprint, "split": split,
                    "protocol": protocol, "tracks": len(paths), "skipped": len(skipped)}, f, indent=1)

@@ -132,7 +132,7 @@ def run_probe(dataset, models, out, protocol="paper", fractions=None, draws=DRAW
     ``embed_batch_size``: 4 s clips per model call. ``overrides``: probe settings
     (``hidden_units``, ``epochs``, ``batch_size``, ``learning_rate``, ...).
     """
-    from keras_music_ssl.probe.report import write_report
+    from keras_music_ssl.probe.report import atomic_write_text, write_report
 
     data = dataset if isinstance(dataset, ProbeData) else load_probe_dataset(dataset)
     settings = protocol_settings(protocol, **overrides)
@@ -161,9 +161,7 @@ def run_probe(dataset, models, out, protocol="paper", fractions=None, draws=DRAW
         else:
             result = probe_model(model, data, out, settings, seed, bootstrap, fractions, draws, cache_dir,
                                  embed_batch_size, eval_chunks, progress, verbose)
-            with open(f"{state}.partial", "w") as f:
-                json.dump({"key": key, "result": result}, f)
-            os.replace(f"{state}.partial", state)
+            atomic_write_text(state, json.dumps({"key": key, "result": result}))
         results["models"][model.name] = result
         write_report(results, out)
         if progress:

@@ -23,7 +23,8 @@ LABELS = {"roc_auc_macro": "ROC-AUC macro", "pr_auc_macro": "PR-AUC macro",
           "roc_auc_micro": "ROC-AUC micro", "pr_auc_micro": "PR-AUC micro"}
 
 
-def _atomic_write(path, text):
+def atomic_write_text(path, text):
+    """Write ``text`` to ``path`` through a ``.partial`` file, so a kill never leaves half a file."""
     with open(f"{path}.partial", "w", encoding="utf-8", newline="") as f:
         f.write(text)
     os.replace(f"{path}.partial", path)
@@ -133,13 +134,13 @@ def write_report(results, out):
 
     os.makedirs(out, exist_ok=True)
     paths = {name: os.path.join(out, name) for name in ("results.json", "results.csv", "results.md")}
-    _atomic_write(paths["results.json"], json.dumps(results, indent=1))
+    atomic_write_text(paths["results.json"], json.dumps(results, indent=1))
     buffer = io.StringIO()
     writer = csv.writer(buffer, lineterminator="\n")
     writer.writerow(["model", "fraction", "metric", "point", "mean", "std", "ci95_low", "ci95_high"])
     writer.writerows(csv_rows(results))
-    _atomic_write(paths["results.csv"], buffer.getvalue())
-    _atomic_write(paths["results.md"], markdown_table(results))
+    atomic_write_text(paths["results.csv"], buffer.getvalue())
+    atomic_write_text(paths["results.md"], markdown_table(results))
     paths["bootstrap.png"] = os.path.join(out, "bootstrap.png")
     plot_bootstrap(results, paths["bootstrap.png"])
     if any(r.get("fractions") for r in results["models"].values()):
