@@ -1,29 +1,23 @@
 """keras-music-ssl: multi-view self-supervised music representation learning in Keras 3.
 
-The public layers are imported lazily (PEP 562), so data workers and command-line parsing
-that only need decoding do not pay for importing Keras and TensorFlow.
+Importing the package imports Keras and every module that registers a serializable class
+(frontend, backbone, heads, tagger, the pretext methods with their optimizer and schedules,
+the probe's ``LogMelStats``), so ``keras.saving.load_model`` reads any of its ``.keras`` files
+in a process that only ran ``import keras_music_ssl``. Data workers fork
+(``data/parallel.py``), so they inherit these modules instead of importing them again.
 """
 
 import importlib
 
 __version__ = "0.1.0"
 
-_LAZY = {
-    "AttentionPool2D": "backbone",
-    "Bottleneck": "backbone",
-    "ModifiedResNet": "backbone",
-    "MusicEncoder": "backbone",
-    "LogMelSpectrogram": "frontend",
-}
+from keras_music_ssl.backbone import AttentionPool2D, Bottleneck, ModifiedResNet, MusicEncoder  # noqa: E402
+from keras_music_ssl.frontend import LogMelSpectrogram  # noqa: E402
 
-__all__ = sorted(_LAZY)
+# Imported for their registrations. None of them reads a name from this half-initialised
+# package (they import submodules by their full path), so no import cycle can bite.
+for _module in ("heads", "tagger", "schedules", "pretext", "probe.baselines"):
+    importlib.import_module(f"{__name__}.{_module}")
+del _module
 
-
-def __getattr__(name):
-    if name not in _LAZY:
-        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
-    return getattr(importlib.import_module(f"keras_music_ssl.{_LAZY[name]}"), name)
-
-
-def __dir__():
-    return sorted(list(globals()) + list(_LAZY))
+__all__ = ["AttentionPool2D", "Bottleneck", "LogMelSpectrogram", "ModifiedResNet", "MusicEncoder"]

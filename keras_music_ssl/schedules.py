@@ -11,10 +11,17 @@ and stays at ``end`` afterwards.
 - learning rate: linear warm-up 1e-7 -> base (``np.linspace``, both ends included), then a
   cosine base -> 1e-7 over the rest of training (``WarmupCosine``);
 - weight decay: cosine 0.04 -> 0.4 over training (``CosineSchedule(0.04, 0.4, ...)``);
-- EMA momentum of the teacher: cosine 0.996 -> 1 over 999 epochs, whatever the length of
-  training, so it never reaches 1 in a shorter run (``ema_momentum``);
+- EMA momentum of the teacher: cosine 0.996 -> 1 (``ema_momentum``). The released code runs
+  it over 999 epochs whatever the length of training (``schedule_epochs = 999``), so it never
+  reaches 1 in a shorter run; the paper does not state its run length. The methods default
+  to the length of the run instead (``momentum_epochs=None``), 999 epochs on request;
 - DINO teacher temperature, per epoch: cosine 0.02 -> 0.04 over 10 epochs, then 0.04
   (``teacher_temperature``).
+
+"Training" is one run: the pretext methods make each ``fit()`` a run of epochs x steps per
+epoch steps, and ``i`` counts steps from the run's first step (``start_step`` of the
+optimizer schedules, ``run_start`` of the model-side ones), so a second ``fit()`` with a
+new budget has schedules for that budget.
 """
 
 import math
@@ -41,48 +48,64 @@ def teacher_temperature(step, steps_per_epoch, start=0.02, end=0.04, warmup_epoc
     return cosine(epoch, warmup_epochs, start, end)
 
 
-class _ResolvableSchedule(keras.optimizers.schedules.LearningRateSchedule):
-    """A schedule whose length may be left to the first ``fit()`` (``total_steps=None``)."""
+class _RunSchedule(keras.optimizers.schedules.LearningRateSchedule):
+    """A schedule of the optimizer step over one run: ``value(step - start_step)`` over
+    ``total_steps`` steps. Created with ``total_steps=None``, it ``follows_fit``: each
+    ``fit()`` of a pretext method sets both to the steps of its run; given ``total_steps``,
+    it is never resized."""
+
+    def __init__(self, total_steps=None, start_step=0, follows_fit=None):
+        self.total_steps = None if total_steps is None else int(total_steps)
+        self.start_step = int(start_step)
+        self.follows_fit = total_steps is None if follows_fit is None else bool(follows_fit)
+
+    def _run_step(self, step):
+        return ops.cast(step, "float32") - float(self.start_step)
 
     def _total(self):
         if self.total_steps is None:
             raise ValueError(
-                f"{type(self).__name__} has no total_steps yet: it is set by the first fit() of a "
+                f"{type(self).__name__} has no total_steps yet: it is set by each fit() of a "
                 "pretext method (epochs x steps per epoch); pass total_steps to use it elsewhere.")
         return self.total_steps
 
+    def get_config(self):
+        return {"total_steps": self.total_steps, "start_step": self.start_step,
+                "follows_fit": self.follows_fit}
+
 
 @keras.saving.register_keras_serializable(package="keras_music_ssl")
-class CosineSchedule(_ResolvableSchedule):
+class CosineSchedule(_RunSchedule):
     """Cosine from ``start`` to ``end`` over ``total_steps`` (e.g. weight decay 0.04 -> 0.4)."""
 
-    def __init__(self, start, end, total_steps=None):
+    def __init__(self, start, end, total_steps=None, start_step=0, follows_fit=None):
+        super().__init__(total_steps, start_step, follows_fit)
         self.start, self.end = float(start), float(end)
-        self.total_steps = None if total_steps is None else int(total_steps)
 
     def __call__(self, step):
-        return cosine(step, self._total(), self.start, self.end)
+        return cosine(self._run_step(step), self._total(), self.start, self.end)
 
     def get_config(self):
-        return {"start": self.start, "end": self.end, "total_steps": self.total_steps}
+        return {"start": self.start, "end": self.end, **super().get_config()}
 
 
 @keras.saving.register_keras_serializable(package="keras_music_ssl")
-class WarmupCosine(_ResolvableSchedule):
+class WarmupCosine(_RunSchedule):
     """Learning rate: linear warm-up ``warmup_start -> learning_rate`` over ``warmup_steps``, then
     cosine ``learning_rate -> end`` over the remaining ``total_steps - warmup_steps`` steps.
 
     Defaults are the authors': no warm-up, ``warmup_start = end = 1e-7``.
     """
 
-    def __init__(self, learning_rate, total_steps=None, warmup_steps=0, warmup_start=1e-7, end=1e-7):
+    def __init__(self, learning_rate, total_steps=None, warmup_steps=0, warmup_start=1e-7, end=1e-7,
+                 start_step=0, follows_fit=None):
+        super().__init__(total_steps, start_step, follows_fit)
         self.learning_rate = float(learning_rate)
-        self.total_steps = None if total_steps is None else int(total_steps)
         self.warmup_steps = int(warmup_steps)
         self.warmup_start, self.end = float(warmup_start), float(end)
 
     def __call__(self, step):
-        step = ops.cast(step, "float32")
+        step = self._run_step(step)
         warmup = self.warmup_steps
         decay = cosine(step - warmup, max(self._total() - warmup, 1), self.learning_rate, self.end)
         if not warmup:
@@ -92,5 +115,5 @@ class WarmupCosine(_ResolvableSchedule):
         return ops.where(step < warmup, ramp, decay)
 
     def get_config(self):
-        return {"learning_rate": self.learning_rate, "total_steps": self.total_steps,
-                "warmup_steps": self.warmup_steps, "warmup_start": self.warmup_start, "end": self.end}
+        return {"learning_rate": self.learning_rate, "warmup_steps": self.warmup_steps,
+                "warmup_start": self.warmup_start, "end": self.end, **super().get_config()}

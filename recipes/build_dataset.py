@@ -19,7 +19,7 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 def main():
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--size", choices=("tiny", "small", "full"), default="small")
+    parser.add_argument("--size", choices=("tiny", "small", "medium", "full"), default="small")
     parser.add_argument("--out", required=True, help="output folder")
     parser.add_argument("--seed", type=int, default=0, help="same seed, same files")
     parser.add_argument("--workers", type=int, default=None, help="processes (default: all cores)")

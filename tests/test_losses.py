@@ -123,8 +123,27 @@ def test_byol_matches_numpy(views, rng, form):
 def test_byol_released_form_is_the_original_rescaled_by_batch_over_dim(views, rng):
     targets = rng.normal(size=views.shape).astype("float32")
     b, _, d = views.shape
-    original, released = _np(byol_loss(views, targets)), _np(byol_loss(views, targets, "released"))
+    original, released = _np(byol_loss(views, targets, "original")), _np(byol_loss(views, targets, "released"))
     np.testing.assert_allclose(2 - released, (2 - original) * b / d, **TOL)
+
+
+def test_byol_defaults_to_the_released_form(views, rng):
+    """One rule for every method: the default is the authors' released code; "original" the paper's."""
+    from keras_music_ssl.pretext import BYOL
+
+    targets = rng.normal(size=views.shape).astype("float32")
+    assert _np(byol_loss(views, targets)) == _np(byol_loss(views, targets, "released"))
+    inputs = keras.Input((16,))
+    encoder = keras.Model(inputs, keras.layers.Dense(8)(inputs))
+    fixed = dict(steps_per_epoch=1, momentum_epochs=999)  # an EMA horizon without a fit
+    released, original = BYOL(encoder, **fixed), BYOL(encoder, form="original", **fixed)
+    assert released.form == "released"
+    original.set_weights(released.get_weights())
+    with keras.StatelessScope():
+        losses = [_np(model.pretext_loss(views, training=False)[0]) for model in (released, original)]
+    # The model's loss is the released form: 2 - L_released = (2 - L_original) * B / D.
+    projection = released.projector_dims[-1]
+    np.testing.assert_allclose(2 - losses[0], (2 - losses[1]) * views.shape[0] / projection, **TOL)
 
 
 @pytest.mark.parametrize("tau_t", [0.02, 0.04])

@@ -30,7 +30,7 @@ def _numpy(x):
     return keras.ops.convert_to_numpy(x)
 
 
-def test_default_compile_is_adamw_with_schedules_sized_by_the_first_fit(views):
+def test_default_compile_is_adamw_with_schedules_sized_by_each_fit(views):
     model = Contrastive(dense_encoder())
     model.compile()
     optimizer = model.optimizer
@@ -43,8 +43,9 @@ def test_default_compile_is_adamw_with_schedules_sized_by_the_first_fit(views):
     assert optimizer._learning_rate.total_steps == optimizer.weight_decay.total_steps == 9
     assert int(_numpy(optimizer.iterations)) == int(_numpy(model.step)) == 9
     assert float(_numpy(optimizer.learning_rate)) == pytest.approx(1e-7)  # the cosine has ended
-    model.fit(views, batch_size=4, epochs=5, verbose=0)  # a later fit keeps the schedules
-    assert optimizer._learning_rate.total_steps == 9
+    model.fit(views, batch_size=4, epochs=5, verbose=0)  # a later fit is a new run (test_pretext_schedules)
+    assert optimizer._learning_rate.total_steps == optimizer.weight_decay.total_steps == 15
+    assert optimizer._learning_rate.start_step == optimizer.weight_decay.start_step == 9
 
 
 def test_fit_takes_a_dataset_of_views_and_reads_its_length(views):

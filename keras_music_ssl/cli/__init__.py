@@ -16,6 +16,9 @@ COMMANDS = {
     "export": "export",
     "tag": "tag",
     "probe": "probe",
+    "pretrain": "pretrain",
+    "compare": "compare",
+    "quickstart": "quickstart",
 }
 
 

@@ -32,16 +32,20 @@ def _is_prepared(source):
 
 def track_dataset(source, seed=0, shuffle=True, repeat=True, cycle_length=8, report=None,
                   num_parallel_calls=tf.data.AUTOTUNE):
-    """Whole tracks, float32 ``(samples,)`` at 16 kHz, from a prepared folder or an audio folder.
+    """Whole tracks, float32 ``(samples,)`` at 16 kHz, from a prepared folder, an audio folder or a
+    list of audio files (or of shard files).
 
     ``report`` (a :class:`SkipReport`) collects the audio files that could not be decoded.
     """
-    source = os.fspath(source)
-    prepared = _is_prepared(source)
-    if prepared:
-        files = list_shards(source)
+    if isinstance(source, (list, tuple)):
+        files = [os.fspath(f) for f in source]
+        if not files:
+            raise ValueError("track_dataset got an empty list of files")
+        prepared = all(f.endswith(".tfrecord") for f in files)
     else:
-        files = list_audio_files(source)
+        source = os.fspath(source)
+        prepared = _is_prepared(source)
+        files = list_shards(source) if prepared else list_audio_files(source)
         if not files:
             raise FileNotFoundError(f"no shards and no audio files in {source}")
     ds = tf.data.Dataset.from_tensor_slices(files)

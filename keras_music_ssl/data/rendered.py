@@ -36,6 +36,7 @@ import contextlib
 import dataclasses
 import functools
 import hashlib
+import importlib.util
 import json
 import os
 import re
@@ -75,12 +76,30 @@ SIZES = {
                  clip_seconds=8.0),
     "small": dict(styles=("bach", "palestrina", "trecento", "oneills1850", "ryansMammoth", "airdsAirs"),
                   works_per_style=30, clips_per_work=3, clip_seconds=10.0),
+    # the quickstart's: the small set's styles, with a test split (~140 clips) large enough for a
+    # bootstrap interval of about +-0.03 ROC-AUC
+    "medium": dict(styles=("bach", "palestrina", "trecento", "oneills1850", "ryansMammoth", "airdsAirs"),
+                   works_per_style=80, clips_per_work=3, clip_seconds=10.0),
     "full": dict(styles=("bach", "palestrina", "monteverdi", "trecento", "haydn", "mozart", "beethoven",
                          "essenFolksong", "oneills1850", "ryansMammoth", "airdsAirs"),
                  works_per_style=300, clips_per_work=4, clip_seconds=10.0),
 }
 # The corpus extensions that are scores (.rntxt files are harmonic analyses), in order of preference.
 SCORE_EXTENSIONS = (".mxl", ".xml", ".musicxml", ".krn", ".abc")
+# What this module needs beyond the core dependencies: the [data] extra and tinysoundfont, which
+# pyproject.toml cannot list (its metadata requires pyaudio); bootstrap.py installs all three.
+PACKAGES = ("music21", "pretty_midi", "tinysoundfont")
+
+
+def require_packages():
+    """Raise a one-line ImportError naming the missing :data:`PACKAGES`, if any."""
+    missing = [name for name in PACKAGES if importlib.util.find_spec(name) is None]
+    if missing:
+        raise ImportError(
+            f"the rendered dataset needs {', '.join(missing)} (not installed): in the repository, "
+            "`python3 bootstrap.py quickstart` (or `install`) sets up a venv with all of it; by hand, "
+            "pip install 'keras-music-ssl[data]' for music21 and pretty_midi, and tinysoundfont as bootstrap.py "
+            "does (its pyaudio requirement is for playback only)", name=missing[0]) from None
 
 
 def soundfont_path():
@@ -112,7 +131,11 @@ class Work:
 @functools.lru_cache(maxsize=None)
 def list_works(styles):
     """Scores of the given corpus folders (a tuple), from music21's metadata bundle, sorted, deduplicated."""
-    from music21 import corpus
+    try:
+        from music21 import corpus
+    except ImportError:
+        require_packages()
+        raise
 
     best = {}
     # bundle[:] takes one list; iterating the bundle itself goes through __getitem__ one index at a
@@ -264,7 +287,11 @@ def clip_tags(midi):
 
 def render(midi, seconds, sample_rate=SAMPLE_RATE, soundfont=None):
     """pretty_midi object -> mono float32 ``(seconds * sample_rate,)``, with a fresh synthesizer."""
-    import tinysoundfont
+    try:
+        import tinysoundfont
+    except ImportError:
+        require_packages()
+        raise
 
     synth = tinysoundfont.Synth(samplerate=sample_rate)
     sfid = synth.sfload(soundfont or soundfont_path())
@@ -342,7 +369,8 @@ def build_rendered_dataset(out, size="tiny", seed=0, workers=None, cache_dir=Non
     """Build the rendered dataset into ``out``; returns the :class:`LabeledDataset`.
 
     ``size``: ``tiny`` (3 styles, 24 clips of 8 s: unit tests, well under a minute), ``small``
-    (6 styles, ~540 clips of 10 s, 1.5 h: the quickstart, minutes) or ``full`` (11 styles, up to
+    (6 styles, ~540 clips of 10 s, 1.5 h: a minute or two), ``medium`` (the same styles, ~1,440
+    clips, 4 h: the quickstart, a few minutes) or ``full`` (11 styles, up to
     300 works each, ~20 h: hours to build). ``overrides`` replace entries of :data:`SIZES`
     (``styles``, ``works_per_style``, ``clips_per_work``, ``clip_seconds``). The same seed gives
     the same files whatever ``workers``; stage 1 is cached in ``cache_dir`` (default
@@ -352,6 +380,7 @@ def build_rendered_dataset(out, size="tiny", seed=0, workers=None, cache_dir=Non
 
     if size not in SIZES:
         raise ValueError(f"size must be one of {tuple(SIZES)}, got {size!r}")
+    require_packages()  # before minutes of stage 1, not at the first clip rendered
     config = {**SIZES[size], **overrides}
     out = os.fspath(out)
     if os.path.exists(os.path.join(out, "build.json")):  # rebuilding: no stale clips from the last build

@@ -8,6 +8,10 @@ A method is a ``PretextModel`` that states three things in ``keras.ops``:
 - ``non_gradient_updates(aux)``: variable assignments done after the optimizer step
   (EMA teacher, DINO centre).
 
+Where the authors' released code and the method's original paper differ (BYOL, Barlow
+Twins, VICReg), a method's loss defaults to the released code's form, which produced the
+paper's numbers; ``form="original"`` gives the original paper's.
+
 This module runs them in one training step per backend: a ``tf.GradientTape`` on
 TensorFlow, a ``loss.backward()`` on PyTorch and, on JAX, a pure function of the state
 tuple where every non-gradient variable (teacher weights, centre, BatchNorm statistics,
@@ -16,6 +20,12 @@ the step counter) flows through ``keras.StatelessScope``.
 Data: ``fit(x)`` takes views shaped (batch, views, samples), V >= 2, as an array, a
 ``tf.data.Dataset`` or a ``keras.utils.PyDataset``; there are no labels. Each view goes
 through the encoder separately, as in the authors' code: BatchNorm statistics are per view.
+
+Runs: each ``fit(epochs=E)`` of S steps per epoch is one run of E * S steps, the "training"
+of the authors' schedules. It starts at step ``step - initial_epoch * S`` of the counter at
+the start of the fit, so ``fit(epochs=E, initial_epoch=k)`` (or ``BackupAndRestore``, which
+restores epoch k of a run into a model sized at its start) continues a run instead of
+starting one.
 """
 
 import math
@@ -81,17 +91,23 @@ class PretextModel(keras.Model):
 
     Args:
         encoder: a Keras model (batch, samples) -> (batch, dim), e.g. ``MusicEncoder()``.
-        steps_per_epoch: length of an epoch in steps, for the per-epoch and 999-epoch
-            schedules of BYOL and the clustering method; left to the first ``fit()`` if None.
+        steps_per_epoch: length of an epoch in steps, for the schedules counted in epochs
+            (DINO teacher temperature, ``momentum_epochs``). Each ``fit()`` on data of known
+            length (or given ``steps_per_epoch``) sets it; a fit on data of unknown length uses it.
+        run_start, run_steps: the current run, set by each ``fit()``: the step counter at its
+            first step and its length in steps. The EMA momentum and teacher temperature count
+            from ``run_start``; give them to train without ``fit()`` (e.g. ``train_on_batch``).
     """
 
     log_names = ("loss",)  # every scalar a method logs, averaged over the epoch
 
-    def __init__(self, encoder, steps_per_epoch=None, **kwargs):
+    def __init__(self, encoder, steps_per_epoch=None, run_start=0, run_steps=None, **kwargs):
         super().__init__(**kwargs)
         self.encoder = encoder
         self.embedding_dim = _output_dim(encoder)
         self.steps_per_epoch = None if steps_per_epoch is None else int(steps_per_epoch)
+        self.run_start = int(run_start)
+        self.run_steps = None if run_steps is None else int(run_steps)
         # Global training step (0 in the first step), saved with the model: the EMA and
         # temperature schedules are functions of it.
         self.step = self.add_weight(shape=(), dtype="int32", initializer="zeros",
@@ -112,7 +128,19 @@ class PretextModel(keras.Model):
         outputs = [head(encoder(v, training=training), training=training) for v in split_views(views)]
         return ops.cast(ops.stack(outputs, axis=1), "float32")
 
-    def schedule_steps(self, epochs):
+    def run_step(self):
+        """Steps since the start of the current run (int32): what the model-side schedules read."""
+        return ops.subtract(self.step, self.run_start)
+
+    def schedule_steps(self, epochs=None):
+        """Length in steps of a schedule of ``epochs`` epochs, or of the current run if None."""
+        if epochs is None:
+            if self.run_steps is None:
+                raise ValueError(
+                    f"{type(self).__name__} sizes a schedule to the training run, which each fit() "
+                    "sets: to train without fit(), pass run_steps (and run_start) to the constructor, "
+                    "or give the schedule a length in epochs and steps_per_epoch.")
+            return self.run_steps
         if self.steps_per_epoch is None:
             raise ValueError(
                 f"{type(self).__name__} needs steps_per_epoch for its schedules: pass it to the "
@@ -139,8 +167,9 @@ class PretextModel(keras.Model):
         """With no ``optimizer``: ``ScheduledAdamW`` (betas 0.9, 0.999), learning rate with a
         linear warm-up of ``warmup_steps`` from 1e-7 then a cosine to 1e-7, weight decay cosine
         ``weight_decay -> weight_decay_end`` (the authors' schedules, spec §6.2). Both last
-        ``total_steps``, by default the length of the first ``fit()`` (epochs x steps per epoch).
-        The base learning rate is not published: 5e-4 is DINO's for a batch of 256.
+        ``total_steps`` steps from the first; by default (None) they follow each ``fit()``'s run
+        (epochs x steps per epoch, from its first step). The base learning rate is not
+        published: 5e-4 is DINO's for a batch of 256.
         """
         if loss is not None:
             raise ValueError("Pretext methods compute their own loss; compile() takes no `loss`.")
@@ -158,19 +187,20 @@ class PretextModel(keras.Model):
 
     def fit(self, x=None, y=None, batch_size=None, epochs=1, callbacks=None, steps_per_epoch=None,
             **kwargs):
-        """Keras ``fit`` on views (batch, views, samples). The first call sizes the schedules
-        left open (``steps_per_epoch``, ``total_steps``); they are then saved with the model.
+        """Keras ``fit`` on views (batch, views, samples), as one run (see the module
+        docstring): it sets ``steps_per_epoch``, the model's run and the optimizer schedules
+        that follow fit (``total_steps=None`` at ``compile``), all saved with the model.
         A ``TerminateOnNaN`` callback is added, so a diverging run stops instead of going on."""
         if y is not None:
             raise ValueError("Pretext methods are self-supervised: give views only, no labels.")
         shape = getattr(x, "shape", None) or getattr(getattr(x, "element_spec", None), "shape", None)
         if shape is not None:
             check_views_shape(shape)
-        steps = steps_per_epoch or _steps_in(x, batch_size)
-        if self.steps_per_epoch is None and steps is not None:
-            self.steps_per_epoch = int(steps)
-        if self.steps_per_epoch is not None:
-            self._size_schedules(epochs * self.steps_per_epoch)
+        steps = steps_per_epoch or _steps_in(x, batch_size) or self.steps_per_epoch
+        if steps is not None:
+            # Keras starts from its own _initial_epoch where BackupAndRestore has set one.
+            initial_epoch = getattr(self, "_initial_epoch", None) or kwargs.get("initial_epoch", 0)
+            self._start_run(int(epochs), int(steps), int(initial_epoch))
         if hasattr(x, "element_spec"):  # a tf.data.Dataset shuffles itself; Keras would warn
             kwargs.setdefault("shuffle", False)
         callbacks = list(callbacks or [])
@@ -179,17 +209,36 @@ class PretextModel(keras.Model):
         return super().fit(x, batch_size=batch_size, epochs=epochs, callbacks=callbacks,
                            steps_per_epoch=steps_per_epoch, **kwargs)
 
-    def _size_schedules(self, total_steps):
-        optimizer = getattr(self.optimizer, "inner_optimizer", self.optimizer)  # loss scaling
-        for schedule in (getattr(optimizer, "_learning_rate", None), getattr(optimizer, "weight_decay", None)):
-            if getattr(schedule, "total_steps", 0) is None:
-                schedule.total_steps = int(total_steps)
+    def _start_run(self, epochs, steps_per_epoch, initial_epoch):
+        """Size the model's run and the schedules that follow fit for ``epochs`` epochs of
+        ``steps_per_epoch`` steps, ``initial_epoch`` of which were run before this fit."""
+        optimizer = getattr(self, "optimizer", None)
+        optimizer = getattr(optimizer, "inner_optimizer", optimizer)  # loss scaling
+        schedules = [schedule for schedule in (getattr(optimizer, "_learning_rate", None),
+                                               getattr(optimizer, "weight_decay", None))
+                     if getattr(schedule, "follows_fit", False)]
+
+        def sizing():
+            return (self.steps_per_epoch, self.run_start, self.run_steps,
+                    [(schedule.start_step, schedule.total_steps) for schedule in schedules])
+
+        before = sizing()
+        done = initial_epoch * steps_per_epoch
+        self.steps_per_epoch, self.run_steps = steps_per_epoch, epochs * steps_per_epoch
+        self.run_start = int(ops.convert_to_numpy(self.step)) - done
+        for schedule in schedules:
+            schedule.start_step = int(ops.convert_to_numpy(optimizer.iterations)) - done
+            schedule.total_steps = self.run_steps
+        if sizing() != before:
+            # TensorFlow and JAX bake these numbers into the compiled steps: trace them again.
+            self.train_function = self.test_function = None
 
     # ------------------------------------------------------------------ serialization
     def get_config(self):
         return {"name": self.name, "trainable": self.trainable,
                 "encoder": keras.saving.serialize_keras_object(self.encoder),
-                "steps_per_epoch": self.steps_per_epoch}
+                "steps_per_epoch": self.steps_per_epoch, "run_start": self.run_start,
+                "run_steps": self.run_steps}
 
     @classmethod
     def from_config(cls, config):

@@ -13,21 +13,23 @@ from keras_music_ssl.pretext.loss_utils import l2_normalize, mean_over_ordered_p
 from keras_music_ssl.pretext.teacher import ema_update, frozen_copy
 from keras_music_ssl.schedules import ema_momentum
 
-FORMS = ("original", "released")
+FORMS = ("released", "original")
 
 
-def byol_loss(predictions, targets, form="original"):
+def byol_loss(predictions, targets, form="released"):
     """Symmetrised BYOL loss; ``predictions`` (online, after the predictor) and ``targets``
     (teacher projections, no gradient) are (batch, views, dim) -> float32 scalar.
 
     With p and z L2-normalised along the features, over ordered view pairs i != j
     (teacher view i, online view j) and the batch:
 
-        "original" (default, the BYOL paper):  loss = mean_{b, i != j} (2 - 2 <p_bj, z_bi>)
-        "released" (the authors' code):        loss = mean_{b, i != j} (2 - 2 (B / D) <p_bj, z_bi>)
+        "released" (default, the authors' code):  loss = mean_{b, i != j} (2 - 2 (B / D) <p_bj, z_bi>)
+        "original" (the BYOL paper):              loss = mean_{b, i != j} (2 - 2 <p_bj, z_bi>)
 
     The released code sums p * z over the batch axis (``dim=-0``) instead of the features:
     the same loss up to an affine rescaling by B / D, almost surely a slip (spec §5.2, §10).
+    It is the default because it is the code that produced the paper's numbers, as for
+    every method here; with an Adam-type optimizer the rescaling barely matters.
     """
     if form not in FORMS:
         raise ValueError(f"form must be one of {FORMS}, got {form!r}")
@@ -46,22 +48,27 @@ class BYOL(PretextModel):
 
     The teacher EMA covers every variable, BatchNorm moving statistics included, as the
     released code walks the whole state dict; its momentum follows a cosine
-    ``momentum -> momentum_end`` over ``momentum_epochs`` epochs (999 in the released
-    code, whatever the length of training).
+    ``momentum -> momentum_end`` over the run (each ``fit()``), or over ``momentum_epochs``
+    epochs from the run's start. The released code uses 999 epochs whatever the length of
+    training, so the momentum never reaches 1 in a shorter run; the paper does not state
+    its run length.
 
     Args:
         encoder: (batch, samples) -> (batch, D) Keras model.
         projector_dims: default (D, D, 2D), the paper's 1024 -> 1024 -> 1024 -> 2048.
         predictor_dims: default (P / 8, P) for a P-d projection, the paper's 2048 -> 256 -> 2048.
-        momentum, momentum_end, momentum_epochs: EMA schedule (0.996 -> 1 over 999 epochs).
-        form: "original" (default) or "released" loss, see ``byol_loss``.
-        steps_per_epoch: see ``PretextModel``.
+        momentum, momentum_end: EMA momentum 0.996 -> 1.
+        momentum_epochs: None (default) for the length of the run, or a length in epochs
+            (999: the released code's value).
+        form: "released" (default, the authors' code) or "original" (the BYOL paper), see
+            ``byol_loss``.
+        steps_per_epoch, run_start, run_steps: see ``PretextModel``.
     """
 
     log_names = ("loss", "ema_momentum")
 
     def __init__(self, encoder, projector_dims=None, predictor_dims=None, momentum=0.996,
-                 momentum_end=1.0, momentum_epochs=999, form="original", **kwargs):
+                 momentum_end=1.0, momentum_epochs=None, form="released", **kwargs):
         super().__init__(encoder, **kwargs)
         if form not in FORMS:
             raise ValueError(f"form must be one of {FORMS}, got {form!r}")
@@ -83,7 +90,7 @@ class BYOL(PretextModel):
         self.built = True
 
     def current_momentum(self):
-        return ema_momentum(self.step, self.schedule_steps(self.momentum_epochs),
+        return ema_momentum(self.run_step(), self.schedule_steps(self.momentum_epochs),
                             self.momentum, self.momentum_end)
 
     def pretext_loss(self, views, training=False):

@@ -4,6 +4,8 @@ Caron et al., "Emerging Properties in Self-Supervised Vision Transformers", ICCV
 (arXiv 2104.14294); the authors' ``SSLClustering`` and ``ClusteringLoss``. Unlike DINO the
 head is a plain MLP (no L2-normalised bottleneck, no weight-normalised prototype layer),
 the teacher temperature warms up 0.02 -> 0.04 (not 0.04 -> 0.07), the centre momentum is 0.9.
+
+One form of the loss: the released code's equals the original (DINO's cross-entropy).
 """
 
 import keras
@@ -55,17 +57,20 @@ class Clustering(PretextModel):
             K = head_dims[-1] "prototypes".
         student_temperature: tau_s (0.1).
         teacher_temperature, teacher_temperature_start, teacher_temperature_epochs: tau_t
-            cosine from 0.02 to 0.04 over the first 10 epochs, then 0.04.
+            cosine from 0.02 to 0.04 over the first 10 epochs of the run, then 0.04.
         center_momentum: 0.9.
-        momentum, momentum_end, momentum_epochs: teacher EMA, 0.996 -> 1 over 999 epochs.
-        steps_per_epoch: see ``PretextModel``.
+        momentum, momentum_end: teacher EMA momentum 0.996 -> 1.
+        momentum_epochs: None (default) for the length of the run, or a length in epochs.
+            The released code uses 999 epochs whatever the length of training, so the
+            momentum never reaches 1 in a shorter run; the paper does not state its run length.
+        steps_per_epoch, run_start, run_steps: see ``PretextModel``.
     """
 
     log_names = ("loss", "teacher_temperature", "ema_momentum")
 
     def __init__(self, encoder, head_dims=None, student_temperature=0.1, teacher_temperature=0.04,
                  teacher_temperature_start=0.02, teacher_temperature_epochs=10, center_momentum=0.9,
-                 momentum=0.996, momentum_end=1.0, momentum_epochs=999, **kwargs):
+                 momentum=0.996, momentum_end=1.0, momentum_epochs=None, **kwargs):
         super().__init__(encoder, **kwargs)
         d = self.embedding_dim
         self.head_dims = tuple(head_dims or (d, d, max(d // 4, 1), 4 * d))
@@ -85,11 +90,11 @@ class Clustering(PretextModel):
         self.built = True
 
     def current_momentum(self):
-        return ema_momentum(self.step, self.schedule_steps(self.momentum_epochs),
+        return ema_momentum(self.run_step(), self.schedule_steps(self.momentum_epochs),
                             self.momentum, self.momentum_end)
 
     def current_teacher_temperature(self):
-        return teacher_temperature(self.step, self.schedule_steps(1), self.teacher_temperature_start,
+        return teacher_temperature(self.run_step(), self.schedule_steps(1), self.teacher_temperature_start,
                                    self.teacher_temperature, self.teacher_temperature_epochs)
 
     def pretext_loss(self, views, training=False):

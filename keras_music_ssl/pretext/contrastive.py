@@ -2,6 +2,8 @@
 
 Chen et al., "A Simple Framework for Contrastive Learning of Visual Representations",
 ICML 2020 (arXiv 2002.05709); the authors' ``NT_Xent``.
+
+One form of the loss: the released code's equals the original (SimCLR's NT-Xent).
 """
 
 import keras

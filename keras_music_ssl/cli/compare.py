@@ -1,0 +1,48 @@
+"""kmssl compare: pretrain several methods with the same data, budget, seed and encoder, then
+probe them together beside the floors (random init, logmel-stats) in one report.
+
+    kmssl compare --out runs/compare                                # all five, embedded dataset
+    kmssl compare --out runs/two --methods contrastive byol --epochs 4 --steps-per-epoch 50
+    kmssl compare --out runs/mine --data shards/ --probe-dataset mtat:/data/mtat --encoder paper
+
+Killed, the same command resumes: finished methods are not retrained, finished probes not refitted.
+"""
+
+import sys
+
+from keras_music_ssl.cli.pretrain import add_pretrain_options, settings_from
+
+HELP = "Pretrain several pretext methods alike and compare them with one probe report."
+
+
+def add_arguments(parser):
+    from keras_music_ssl.pretext import METHODS
+
+    parser.add_argument("--out", required=True, metavar="DIR",
+                        help="comparison folder: runs/<method>/, probe/, comparison.md/.json/.png")
+    parser.add_argument("--methods", nargs="+", default=None, choices=tuple(METHODS), metavar="METHOD",
+                        help=f"methods to compare (default all: {' '.join(METHODS)})")
+    parser.add_argument("--probe-dataset", default=None, metavar="DATASET",
+                        help="labeled dataset to probe on, as for kmssl probe (default: the rendered dataset)")
+    parser.add_argument("--protocol", default="paper", choices=("paper", "marble"), help="probe protocol")
+    parser.add_argument("--bootstrap", type=int, default=50, metavar="N", help="bootstrap resamples (default 50)")
+    parser.add_argument("--probe-epochs", type=int, default=None, help="at most this many probe epochs (default 100)")
+    add_pretrain_options(parser, exclude=("method",))
+
+
+def run(args):
+    from keras_music_ssl.compare import compare, comparison_table
+    from keras_music_ssl.probe.datasets import ProbeDataError
+    from keras_music_ssl.train import PretrainError
+
+    try:
+        comparison = compare(args.out, methods=args.methods, probe_dataset=args.probe_dataset,
+                             protocol=args.protocol, bootstrap=args.bootstrap, data_dir=args.data_dir,
+                             probe_options={"epochs": args.probe_epochs} if args.probe_epochs else None,
+                             verbose=0 if args.quiet else 1, **settings_from(args))
+    except (PretrainError, ProbeDataError, FileNotFoundError) as error:
+        print(f"kmssl compare: {error}", file=sys.stderr)
+        return 2
+    print(comparison_table(comparison))
+    print(f"report -> {args.out}/comparison.md (figures comparison.png, pretraining.png; probe report in probe/)")
+    return 0

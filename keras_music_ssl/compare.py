@@ -1,0 +1,132 @@
+"""Compare pretext methods: the same data, budget, seed and encoder for each, then one probe
+report beside the floors (``random`` init and ``logmel-stats``). The library side of ``kmssl compare``.
+
+    from keras_music_ssl.compare import compare
+    table = compare("runs/compare", methods=["contrastive", "byol"], epochs=10, steps_per_epoch=50)
+
+``out`` holds ``runs/<method>/`` (one ``pretrain`` run folder each), ``probe/`` (the probe
+harness's report) and the comparison: ``comparison.json``, ``comparison.md``,
+``comparison.png`` (test macro ROC-AUC with its 95 % bootstrap interval, floors as lines) and
+``pretraining.png`` (the collapse monitor's effective rank per epoch). Resumable: finished runs
+are not retrained and finished probes are not refitted.
+"""
+
+import json
+import os
+
+FLOORS = ("random", "logmel-stats")
+
+
+def compare(out, methods=None, probe_dataset=None, protocol="paper", bootstrap=50, probe_options=None, data_dir=None,
+            verbose=1, **settings):
+    """Pretrain each of ``methods`` (default all five) with ``settings`` (the fields of
+    ``PretrainConfig`` but ``method``), probe them on ``probe_dataset`` (default: the rendered
+    dataset the runs trained on; ``probe_options`` go to ``run_probe``, e.g. ``epochs``) and write
+    the comparison; returns it as a dict."""
+    from keras_music_ssl.backbone import MusicEncoder
+    from keras_music_ssl.pretext import METHODS
+    from keras_music_ssl.probe import run_probe
+    from keras_music_ssl.train import PretrainConfig, PretrainError, pretrain
+
+    methods = list(methods or METHODS)
+    unknown = [m for m in methods if m not in METHODS]
+    if unknown or len(set(methods)) != len(methods):
+        raise PretrainError(f"methods must be distinct names among {', '.join(METHODS)}, got {methods}")
+    if "method" in settings:
+        raise PretrainError("compare takes methods=[...], not method=")
+    base = PretrainConfig(**settings)  # checks the settings once, before any training
+    if probe_dataset is None:
+        if base.data is not None:
+            raise PretrainError("with your own data, say which labeled dataset to probe on (probe_dataset / "
+                                "--probe-dataset)")
+        from keras_music_ssl.data.embedded import embedded_dataset
+
+        probe_dataset = embedded_dataset(base.dataset_size, base.seed, data_dir).root
+
+    runs = {}
+    for i, method in enumerate(methods, 1):
+        print(f"[{i}/{len(methods)}] pretraining {method}", flush=True)
+        runs[method] = pretrain(os.path.join(out, "runs", method), data_dir=data_dir, verbose=verbose,
+                                method=method, **settings)
+    print(f"probing {', '.join(methods)} and the floors on {probe_dataset}", flush=True)
+    models = [(m, MusicEncoder.from_preset(runs[m]["preset"])) for m in methods] + ["random"]
+    results = run_probe(probe_dataset, models, os.path.join(out, "probe"), protocol=protocol,
+                        bootstrap=bootstrap, seed=base.seed, progress=bool(verbose), **(probe_options or {}))
+
+    rows = []
+    for name, result in results["models"].items():
+        test = result["test"]
+        run = runs.get(name, {})
+        rows.append({"model": name, "pretrain_seconds": run.get("fit_seconds"), "steps": run.get("steps"),
+                     "final_loss": run.get("final", {}).get("loss"),
+                     "effective_rank": run.get("final", {}).get("val_effective_rank"),
+                     "roc_auc": test["roc_auc_macro"]["point"], "roc_auc_ci95": test["roc_auc_macro"]["ci95"],
+                     "pr_auc": test["pr_auc_macro"]["point"], "pr_auc_ci95": test["pr_auc_macro"]["ci95"]})
+    comparison = {"settings": {k: v for k, v in base.to_dict().items() if k != "method"}, "methods": methods,
+                  "probe_dataset": results["dataset"], "protocol": protocol, "bootstrap": bootstrap,
+                  "tracks": results["models"][methods[0]]["tracks"], "rows": rows}
+    with open(os.path.join(out, "comparison.json"), "w") as f:
+        json.dump(comparison, f, indent=2)
+    with open(os.path.join(out, "comparison.md"), "w") as f:
+        f.write(comparison_table(comparison) + "\n")
+    _figures(out, comparison, runs)
+    return comparison
+
+
+def comparison_table(comparison):
+    """Markdown: one row per model, methods first, then the floors."""
+    lines = ["| model | pretraining | final loss | effective rank | test ROC-AUC [95 % CI] | test PR-AUC [95 % CI] |",
+             "|---|---|---|---|---|---|"]
+    for row in comparison["rows"]:
+        if row["pretrain_seconds"] is not None:
+            budget = f"{row['steps']} steps, {row['pretrain_seconds'] / 60:.1f} min"
+        else:
+            budget = "none (floor)"
+        loss = "" if row["final_loss"] is None else f"{row['final_loss']:.3f}"
+        rank = "" if row["effective_rank"] is None else f"{row['effective_rank']:.1f}"
+        roc, pr = row["roc_auc_ci95"], row["pr_auc_ci95"]
+        lines.append(f"| {row['model']} | {budget} | {loss} | {rank} | {row['roc_auc']:.3f} [{roc[0]:.3f}, {roc[1]:.3f}] "
+                     f"| {row['pr_auc']:.3f} [{pr[0]:.3f}, {pr[1]:.3f}] |")
+    return "\n".join(lines)
+
+
+def _figures(out, comparison, runs):
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from keras_music_ssl.train import _read_history
+
+    rows = [r for r in comparison["rows"] if r["model"] not in FLOORS]
+    floors = [r for r in comparison["rows"] if r["model"] in FLOORS]
+    fig, ax = plt.subplots(figsize=(1.2 * len(rows) + 3, 3.5))
+    points = [r["roc_auc"] for r in rows]
+    errors = [[p - r["roc_auc_ci95"][0] for p, r in zip(points, rows)],
+              [r["roc_auc_ci95"][1] - p for p, r in zip(points, rows)]]
+    ax.bar(range(len(rows)), points, yerr=errors, capsize=4, color="tab:blue")
+    for floor, style in zip(floors, ("--", ":")):
+        ax.axhline(floor["roc_auc"], color="black", linestyle=style, label=f"{floor['model']} {floor['roc_auc']:.3f}")
+    ax.set_xticks(range(len(rows)), [r["model"] for r in rows], rotation=20)
+    low = min(points + [f["roc_auc"] for f in floors]) - 0.08
+    ax.set_ylim(max(0.0, low), 1.0)
+    ax.set_ylabel("test macro ROC-AUC")
+    ax.set_title(f"{os.path.basename(os.path.normpath(comparison['probe_dataset']))}: {comparison['protocol']} probe")
+    ax.legend(loc="lower right", fontsize=8)
+    fig.tight_layout()
+    fig.savefig(os.path.join(out, "comparison.png"), dpi=120)
+    plt.close(fig)
+
+    fig, ax = plt.subplots(figsize=(5, 3.5))
+    for method, run in runs.items():
+        history = _read_history(os.path.join(os.path.dirname(run["preset"]), "history.csv"))
+        if history and "val_effective_rank" in history[0]:
+            ax.plot([h["epoch"] + 1 for h in history], [h["val_effective_rank"] for h in history], marker="o",
+                    label=method)
+    ax.set_xlabel("epoch")
+    ax.set_ylabel("effective rank (validation views)")
+    ax.set_title("collapse monitor")
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(os.path.join(out, "pretraining.png"), dpi=120)
+    plt.close(fig)

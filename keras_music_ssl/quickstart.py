@@ -1,0 +1,103 @@
+"""The quickstart: the whole story on the embedded default, no download. The library side of
+``kmssl quickstart``.
+
+1. build the rendered dataset (``small``: real scores played with a General MIDI SoundFont);
+2. pretrain an encoder (contrastive, the budget below) on its train split;
+3. probe it on the test split's instrument tags beside ``random`` and ``logmel-stats``;
+4. export a TFLite tagger (the encoder + the probe's head, raw audio in);
+5. tag one test clip with that file through ``kmssl tag``;
+6. print the results and where everything is.
+
+The budget is the one ``benchmarks/quickstart_budget.py`` found to beat the handcrafted floor
+within 20 minutes on 2 CPU cores (its table is in the README); the verdict line says whether
+this run did.
+"""
+
+import json
+import os
+import time
+
+# The quickstart's pretraining budget (see benchmarks/quickstart_budget.py).
+BUDGET = dict(method="contrastive", encoder="medium", epochs=6, steps_per_epoch=100, batch_size=16,
+              learning_rate=1e-3)
+DATASET_SIZE = "medium"
+
+
+def quickstart(out="outputs/quickstart", seed=0, data_dir=None, verbose=1):
+    """Run the quickstart into ``out``; returns its summary (also ``out/quickstart.json``)."""
+    from keras_music_ssl import cli
+    from keras_music_ssl.backbone import MusicEncoder
+    from keras_music_ssl.data.embedded import embedded_dataset
+    from keras_music_ssl.probe import run_probe
+    from keras_music_ssl.train import pretrain
+
+    started = time.perf_counter()
+    out = os.path.abspath(out)
+    _step(1, "the embedded dataset")
+    dataset = embedded_dataset(DATASET_SIZE, seed, data_dir, progress=bool(verbose))
+    counts = {s: len(dataset.split(s)) for s in ("train", "valid", "test")}
+    print(f"  {dataset.root}: {counts['train']} / {counts['valid']} / {counts['test']} clips, "
+          f"{len(dataset.tags)} tags", flush=True)
+
+    method = BUDGET["method"]
+    steps = BUDGET["epochs"] * BUDGET["steps_per_epoch"]
+    _step(2, f"pretraining {method}, {BUDGET['encoder']} encoder, {steps} steps x batch {BUDGET['batch_size']}")
+    run = pretrain(out, data_dir=data_dir, verbose=verbose, seed=seed, dataset_size=DATASET_SIZE, **BUDGET)
+
+    _step(3, "probing on the test split's tags, beside the floors")
+    encoder = MusicEncoder.from_preset(run["preset"])
+    results = run_probe(dataset.root, [(method, encoder), "random"], os.path.join(out, "probe"), seed=seed,
+                        progress=bool(verbose))
+
+    _step(4, "exporting a TFLite tagger (raw 16 kHz audio in, tags out)")
+    tagger = os.path.join(out, "tagger.tflite")
+    head = os.path.join(out, "probe", "heads", f"{method}.keras")
+    status = cli.main(["export", "--preset", run["preset"], "--head", head, "--format", "tflite",
+                       "--out", tagger, "--overwrite"])
+    if status:
+        raise RuntimeError(f"kmssl export failed (status {status})")
+
+    _step(5, "tagging a test clip with the TFLite file")
+    test = dataset.split("test")
+    clip, truth = test.paths[0], test.rows[0]["tags"].replace(";", ", ") or "none"
+    print(f"  kmssl tag {os.path.relpath(clip)} --model {os.path.relpath(tagger)}   (true tags: {truth})",
+          flush=True)
+    status = cli.main(["tag", clip, "--model", tagger, "--top", "3"])
+    if status:
+        raise RuntimeError(f"kmssl tag failed (status {status})")
+
+    rows = {name: r["test"] for name, r in results["models"].items()}
+    summary = {"budget": BUDGET, "dataset": dataset.root, "clips": counts,
+               "pretrain_seconds": run["fit_seconds"], "wall_seconds": round(time.perf_counter() - started, 1),
+               "test": {name: {"roc_auc": t["roc_auc_macro"]["point"], "roc_auc_ci95": t["roc_auc_macro"]["ci95"],
+                               "pr_auc": t["pr_auc_macro"]["point"]} for name, t in rows.items()},
+               "preset": run["preset"], "tagger": tagger, "probe_report": os.path.join(out, "probe", "results.md")}
+    with open(os.path.join(out, "quickstart.json"), "w") as f:
+        json.dump(summary, f, indent=2)
+    _print_summary(summary, method)
+    return summary
+
+
+def _step(number, text):
+    print(f"\n[{number}/5] {text}", flush=True)
+
+
+def _print_summary(summary, method):
+    test = summary["test"]
+    print(f"\nTest split ({summary['clips']['test']} clips), macro ROC-AUC with its 95 % bootstrap interval:\n")
+    print("| model | ROC-AUC | 95 % CI | PR-AUC |")
+    print("|---|---|---|---|")
+    for name, t in test.items():
+        low, high = t["roc_auc_ci95"]
+        print(f"| {name} | {t['roc_auc']:.3f} | [{low:.3f}, {high:.3f}] | {t['pr_auc']:.3f} |")
+    ours, floors = test[method]["roc_auc"], {k: test[k]["roc_auc"] for k in ("random", "logmel-stats")}
+    beaten = [k for k, v in floors.items() if ours > v]
+    missed = [k for k in floors if k not in beaten]
+    verdict = (f"pretrained {method} beats {' and '.join(beaten)}" if beaten else f"pretrained {method} beats no floor")
+    if missed:
+        verdict += f"; it does not beat {' and '.join(missed)}"
+    print(f"\n{verdict} (intervals overlapping means the difference is within the test split's noise).")
+    print(f"\nwall time {summary['wall_seconds'] / 60:.1f} min (pretraining {summary['pretrain_seconds'] / 60:.1f} min)")
+    print(f"encoder preset  {summary['preset']}")
+    print(f"TFLite tagger   {summary['tagger']}")
+    print(f"probe report    {summary['probe_report']}")

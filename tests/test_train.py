@@ -1,0 +1,203 @@
+"""keras_music_ssl.pretrain / kmssl pretrain: the run folder, resuming (also after SIGKILL),
+settings checks, the data sources. Tiny encoder and the tiny rendered dataset."""
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+
+import numpy as np
+import pytest
+
+from keras_music_ssl import cli
+
+TINY = ["--dataset-size", "tiny", "--encoder", "tiny", "--batch-size", "4"]
+
+
+@pytest.fixture(scope="module")
+def data_dir():
+    """The rendered datasets' cache, shared by the backend passes (the tiny set builds in ~10 s)."""
+    path = os.path.join(tempfile.gettempdir(), "kmssl-tests-datasets")
+    os.environ["KMSSL_DATA_DIR"] = path
+    return path
+
+
+def _read_csv(path):
+    import csv
+
+    with open(path, newline="") as f:
+        return list(csv.DictReader(f))
+
+
+def test_pretrain_writes_a_complete_run_folder_and_a_rerun_does_not_train(data_dir, tmp_path, capsys):
+    import keras
+
+    from keras_music_ssl import MusicEncoder
+
+    out = str(tmp_path / "run")
+    argv = ["pretrain", "--out", out, *TINY, "--epochs", "2", "--steps-per-epoch", "2", "--quiet"]
+    assert cli.main(argv) == 0
+    for name in ("config.json", "history.csv", "model.keras", "summary.json", "preset/config.json",
+                 "checkpoints/epoch001.keras", "checkpoints/epoch002.keras"):
+        assert os.path.exists(os.path.join(out, name)), name
+    assert os.listdir(os.path.join(out, "logs", "train")), "no TensorBoard events"
+    assert not os.path.exists(os.path.join(out, "backup"))
+    rows = _read_csv(os.path.join(out, "history.csv"))
+    assert [int(r["epoch"]) for r in rows] == [0, 1]
+    assert all(np.isfinite(float(r["loss"])) and float(r["val_effective_rank"]) >= 1.0 for r in rows)
+    config = json.load(open(os.path.join(out, "config.json")))
+    assert config["config"]["epochs"] == 2 and config["backend"] == keras.backend.backend()
+
+    # The final model, its encoder and the preset agree.
+    x = np.random.default_rng(0).uniform(-0.5, 0.5, (2, 64000)).astype("float32")
+    model = keras.saving.load_model(os.path.join(out, "model.keras"))
+    preset = MusicEncoder.from_preset(os.path.join(out, "preset"))
+    np.testing.assert_allclose(np.asarray(preset(x)), np.asarray(model.encoder(x)), atol=1e-6)
+    assert int(model.step.numpy() if hasattr(model.step, "numpy") else model.step) == 4
+
+    mtime = os.path.getmtime(os.path.join(out, "model.keras"))
+    capsys.readouterr()
+    assert cli.main(argv) == 0
+    assert "finished already" in capsys.readouterr().out
+    assert os.path.getmtime(os.path.join(out, "model.keras")) == mtime
+
+
+def test_pretrain_refuses_other_settings_in_a_run_folder_and_bad_settings(data_dir, tmp_path, capsys):
+    out = str(tmp_path / "run")
+    assert cli.main(["pretrain", "--out", out, *TINY, "--epochs", "1", "--steps-per-epoch", "1", "--quiet"]) == 0
+    capsys.readouterr()
+    assert cli.main(["pretrain", "--out", out, *TINY, "--epochs", "3", "--steps-per-epoch", "1", "--quiet"]) == 2
+    assert "epochs differ" in capsys.readouterr().err
+    assert cli.main(["pretrain", "--out", str(tmp_path / "b"), "--method", "simclr"]) != 0
+    capsys.readouterr()
+    assert cli.main(["pretrain", "--out", str(tmp_path / "c"), "--momentum-epochs", "999"]) == 2
+    assert "momentum_epochs applies to byol and clustering" in capsys.readouterr().err
+    assert cli.main(["pretrain", "--out", str(tmp_path / "d"), "--data", str(tmp_path / "missing")]) == 2
+    assert "not found" in capsys.readouterr().err
+    assert cli.main(["pretrain", "--out", str(tmp_path / "e"), *TINY, "--option", "no_such_option=1"]) == 2
+    assert "no_such_option" in capsys.readouterr().err
+
+
+@pytest.mark.backend_independent
+def test_user_audio_folder_holds_out_files_for_the_collapse_monitor(tmp_path):
+    import soundfile as sf
+
+    from keras_music_ssl.train import PretrainConfig, resolve_data
+
+    for i in range(40):
+        sf.write(tmp_path / f"track{i:02d}.wav", np.zeros(16000 * 9, np.float32), 16000)
+    train, valid, name = resolve_data(PretrainConfig(data=str(tmp_path)))
+    assert valid and train and not set(valid) & set(train)
+    assert len(valid) + len(train) == 40 and len(valid) < 10 and name == tmp_path.name
+    # given validation data, nothing is held out
+    train, valid, _ = resolve_data(PretrainConfig(data=str(tmp_path), valid_data=str(tmp_path / "track00.wav")))
+    assert len(train) == 40 and valid == [str(tmp_path / "track00.wav")]
+
+
+def _pretrain_process(out, data_dir):
+    env = dict(os.environ, KERAS_BACKEND="tensorflow", KMSSL_DATA_DIR=data_dir, TF_CPP_MIN_LOG_LEVEL="2")
+    argv = [sys.executable, "-m", "keras_music_ssl", "pretrain", "--out", out, *TINY,
+            "--epochs", "4", "--steps-per-epoch", "6", "--quiet"]
+    return subprocess.Popen(argv, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+
+
+@pytest.mark.tf_only
+def test_pretrain_killed_with_sigkill_resumes_and_equals_an_uninterrupted_run(data_dir, tmp_path):
+    # Build the tiny set first so that the timing below is about training only.
+    from keras_music_ssl.data.embedded import embedded_dataset, split_shards
+
+    split_shards(embedded_dataset("tiny", 0, data_dir, progress=False), "train", progress=False)
+    killed, straight = str(tmp_path / "killed"), str(tmp_path / "straight")
+    process = _pretrain_process(killed, data_dir)
+    metadata = os.path.join(killed, "backup", "training_metadata.json")
+    deadline = time.time() + 240
+    while time.time() < deadline and process.poll() is None:
+        if os.path.exists(metadata) and json.load(open(metadata)).get("epoch", 0) >= 1:
+            os.kill(process.pid, signal.SIGKILL)
+            break
+        time.sleep(0.005)
+    process.wait()
+    assert process.returncode == -signal.SIGKILL, "the run ended before it could be killed"
+    assert not os.path.exists(os.path.join(killed, "summary.json"))
+    backed_up = json.load(open(metadata))["epoch"]
+    assert 1 <= backed_up < 4
+
+    resumed = _pretrain_process(killed, data_dir)
+    log = resumed.communicate()[0]
+    assert resumed.returncode == 0, log
+    assert f"resuming after epoch {backed_up} of 4" in log
+    rows = _read_csv(os.path.join(killed, "history.csv"))
+    assert [int(r["epoch"]) for r in rows] == [0, 1, 2, 3]
+
+    reference = _pretrain_process(straight, data_dir)
+    log = reference.communicate()[0]
+    assert reference.returncode == 0, log
+
+    from keras_music_ssl import MusicEncoder
+
+    a = MusicEncoder.from_preset(os.path.join(killed, "preset")).get_weights()
+    b = MusicEncoder.from_preset(os.path.join(straight, "preset")).get_weights()
+    assert len(a) == len(b) > 10
+    for wa, wb in zip(a, b):
+        np.testing.assert_allclose(wa, wb, atol=1e-5)
+    straight_rows = _read_csv(os.path.join(straight, "history.csv"))
+    np.testing.assert_allclose([float(r["loss"]) for r in rows], [float(r["loss"]) for r in straight_rows], rtol=1e-5)
+
+
+@pytest.mark.tf_only
+def test_compare_two_methods_writes_one_report_with_the_floors_and_resumes(data_dir, tmp_path, capsys):
+    out = str(tmp_path / "compare")
+    argv = ["compare", "--out", out, "--methods", "contrastive", "byol", *TINY, "--epochs", "1",
+            "--steps-per-epoch", "2", "--bootstrap", "5", "--probe-epochs", "3", "--quiet"]
+    assert cli.main(argv) == 0
+    table = capsys.readouterr().out
+    comparison = json.load(open(os.path.join(out, "comparison.json")))
+    assert [r["model"] for r in comparison["rows"]] == ["contrastive", "byol", "random", "logmel-stats"]
+    for row in comparison["rows"]:
+        assert 0.0 <= row["roc_auc"] <= 1.0 and row["roc_auc_ci95"][0] <= row["roc_auc"] <= row["roc_auc_ci95"][1]
+        assert (row["steps"] == 2) == (row["model"] in ("contrastive", "byol"))
+        assert f"| {row['model']} |" in table
+    for name in ("comparison.md", "comparison.png", "pretraining.png", "probe/results.json",
+                 "runs/contrastive/preset/config.json", "runs/byol/model.keras"):
+        assert os.path.exists(os.path.join(out, name)), name
+    # the same settings for both methods
+    configs = [json.load(open(os.path.join(out, "runs", m, "config.json")))["config"] for m in ("contrastive", "byol")]
+    assert {k: v for k, v in configs[0].items() if k != "method"} == {k: v for k, v in configs[1].items() if k != "method"}
+
+    mtime = os.path.getmtime(os.path.join(out, "runs", "byol", "model.keras"))
+    assert cli.main(argv) == 0
+    assert os.path.getmtime(os.path.join(out, "runs", "byol", "model.keras")) == mtime
+    again = json.load(open(os.path.join(out, "comparison.json")))
+    assert [r["roc_auc"] for r in again["rows"]] == [r["roc_auc"] for r in comparison["rows"]]
+    capsys.readouterr()
+    assert cli.main(["compare", "--out", out, "--methods", "byol", "byol"]) == 2
+    assert cli.main(["compare", "--out", str(tmp_path / "x"), "--data", str(tmp_path)]) == 2
+    assert "probe-dataset" in capsys.readouterr().err
+
+
+@pytest.mark.slow
+@pytest.mark.tf_only
+def test_quickstart_end_to_end_on_the_tiny_set(data_dir, tmp_path, capsys, monkeypatch):
+    """The quickstart's steps with a tiny budget: pretrain, probe, TFLite export, tagging."""
+    from keras_music_ssl import quickstart
+
+    monkeypatch.setattr(quickstart, "DATASET_SIZE", "tiny")
+    monkeypatch.setattr(quickstart, "BUDGET", dict(method="contrastive", encoder="tiny", epochs=1, steps_per_epoch=2,
+                                                    batch_size=4, learning_rate=1e-3))
+    out = str(tmp_path / "qs")
+    assert cli.main(["quickstart", "--out", out, "--quiet"]) == 0
+    printed = capsys.readouterr().out
+    summary = json.load(open(os.path.join(out, "quickstart.json")))
+    assert set(summary["test"]) == {"contrastive", "random", "logmel-stats"}
+    assert os.path.getsize(os.path.join(out, "tagger.tflite")) > 10000
+    assert os.path.exists(os.path.join(out, "preset", "config.json"))
+    assert "| logmel-stats |" in printed and "pretrained contrastive beats" in printed
+    # `kmssl tag` printed the clip's top tags, from the tag vocabulary
+    from keras_music_ssl.data.labeled_csv import read_labeled_dataset
+
+    tags = read_labeled_dataset(summary["dataset"]).tags
+    scored = [line.split() for line in printed.splitlines() if line.startswith("  0.") or line.startswith("  1.")]
+    assert len(scored) == 3 and all(len(item) == 2 and item[1] in tags for item in scored), printed
