@@ -9,7 +9,7 @@ in a process that only ran ``import keras_music_ssl``. Data workers fork
 
 import importlib
 
-__version__ = "0.1.0"
+__version__ = "0.3.0"
 
 from keras_music_ssl.backbone import AttentionPool2D, Bottleneck, ModifiedResNet, MusicEncoder  # noqa: E402
 from keras_music_ssl.frontend import LogMelSpectrogram  # noqa: E402
@@ -20,4 +20,6 @@ for _module in ("heads", "tagger", "schedules", "pretext", "probe.baselines"):
     importlib.import_module(f"{__name__}.{_module}")
 del _module
 
-__all__ = ["AttentionPool2D", "Bottleneck", "LogMelSpectrogram", "ModifiedResNet", "MusicEncoder"]
+from keras_music_ssl.train import pretrain  # noqa: E402  (numpy-free at import; Keras is loaded above)
+
+__all__ = ["AttentionPool2D", "Bottleneck", "LogMelSpectrogram", "ModifiedResNet", "MusicEncoder", "pretrain"]

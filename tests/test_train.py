@@ -104,6 +104,7 @@ def _pretrain_process(out, data_dir):
     return subprocess.Popen(argv, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
 
 
+@pytest.mark.slow
 @pytest.mark.tf_only
 def test_pretrain_killed_with_sigkill_resumes_and_equals_an_uninterrupted_run(data_dir, tmp_path):
     # Build the tiny set first so that the timing below is about training only.
