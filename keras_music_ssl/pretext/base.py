@@ -12,6 +12,8 @@ Where the authors' released code and the method's original paper differ (BYOL, B
 Twins, VICReg), a method's loss defaults to the released code's form, which produced the
 paper's numbers; ``form="original"`` gives the original paper's.
 
+Several devices (``distribute.py``): every loss sees the global batch, as on one device.
+
 This module runs them in one training step per backend: a ``tf.GradientTape`` on
 TensorFlow, a ``loss.backward()`` on PyTorch and, on JAX, a pure function of the state
 tuple where every non-gradient variable (teacher weights, centre, BatchNorm statistics,
@@ -33,6 +35,7 @@ import math
 import keras
 from keras import ops
 
+from keras_music_ssl.pretext import distribute
 from keras_music_ssl.pretext.optimizer import ScheduledAdamW
 from keras_music_ssl.schedules import CosineSchedule, WarmupCosine
 
@@ -97,13 +100,18 @@ class PretextModel(keras.Model):
         run_start, run_steps: the current run, set by each ``fit()``: the step counter at its
             first step and its length in steps. The EMA momentum and teacher temperature count
             from ``run_start``; give them to train without ``fit()`` (e.g. ``train_on_batch``).
+        sync_batchnorm: under ``tf.distribute``, BatchNorm uses the statistics of the global
+            batch (the paper's SyncBatchNorm; default); False for each replica's own. No effect
+            on one device, nor on JAX, whose steps are global.
     """
 
     log_names = ("loss",)  # every scalar a method logs, averaged over the epoch
 
-    def __init__(self, encoder, steps_per_epoch=None, run_start=0, run_steps=None, **kwargs):
+    def __init__(self, encoder, steps_per_epoch=None, run_start=0, run_steps=None, sync_batchnorm=True,
+                 **kwargs):
         super().__init__(**kwargs)
         self.encoder = encoder
+        self.sync_batchnorm = bool(sync_batchnorm)
         self.embedding_dim = _output_dim(encoder)
         self.steps_per_epoch = None if steps_per_epoch is None else int(steps_per_epoch)
         self.run_start = int(run_start)
@@ -124,9 +132,10 @@ class PretextModel(keras.Model):
 
     # ------------------------------------------------------------------ shared helpers
     def project(self, encoder, head, views, training):
-        """Each view through ``encoder`` then ``head`` -> float32 (batch, views, head dim)."""
+        """Each view through ``encoder`` then ``head`` -> float32 (global batch, views, head dim):
+        on several TensorFlow replicas, gathered from all of them (see ``distribute``)."""
         outputs = [head(encoder(v, training=training), training=training) for v in split_views(views)]
-        return ops.cast(ops.stack(outputs, axis=1), "float32")
+        return distribute.gather(ops.cast(ops.stack(outputs, axis=1), "float32"))
 
     def run_step(self):
         """Steps since the start of the current run (int32): what the model-side schedules read."""
@@ -238,7 +247,7 @@ class PretextModel(keras.Model):
         return {"name": self.name, "trainable": self.trainable,
                 "encoder": keras.saving.serialize_keras_object(self.encoder),
                 "steps_per_epoch": self.steps_per_epoch, "run_start": self.run_start,
-                "run_steps": self.run_steps}
+                "run_steps": self.run_steps, "sync_batchnorm": self.sync_batchnorm}
 
     @classmethod
     def from_config(cls, config):
@@ -257,9 +266,10 @@ class PretextModel(keras.Model):
         import tensorflow as tf
 
         views = _unpack_views(data)
-        with tf.GradientTape() as tape:
+        with tf.GradientTape() as tape, distribute.sync_batchnorm(self, self.sync_batchnorm):
             loss, logs, aux = self.pretext_loss(views, training=True)
-            scaled_loss = self.optimizer.scale_loss(loss)
+            # Each replica holds the global loss; the optimizer sums the replicas' gradients.
+            scaled_loss = self.optimizer.scale_loss(distribute.scale_loss(loss))
         weights = self.trainable_weights
         self.optimizer.apply(tape.gradient(scaled_loss, weights), weights)
         self._after_step(aux)

@@ -22,13 +22,15 @@ class ScheduledAdamW(keras.optimizers.AdamW):
         return len(variable.shape) > 1 and super()._use_weight_decay(variable)
 
     def _apply_weight_decay(self, variables):
-        wd = self.weight_decay
-        if callable(wd):
-            wd = wd(self.iterations)
-        lr = self.learning_rate
-        for variable in variables:
-            if self._use_weight_decay(variable):
-                variable.assign(variable - variable * ops.cast(wd * lr, variable.dtype))
+        schedule = self.weight_decay
+        if not callable(schedule):
+            return super()._apply_weight_decay(variables)
+        # This step's value through the backend's own path (tf.distribute-aware on TensorFlow).
+        self.weight_decay = schedule(self.iterations)
+        try:
+            super()._apply_weight_decay(variables)
+        finally:
+            self.weight_decay = schedule
 
     def get_config(self):
         config = super().get_config()
