@@ -5,6 +5,12 @@ the same MLP head, NT-Xent, AdamW).
     python benchmarks/train_step.py                  # small encoder, a few minutes on CPU
     python benchmarks/train_step.py --full           # the paper's encoder and heads
     python benchmarks/train_step.py --backends jax --methods contrastive byol --steps 10
+    python benchmarks/train_step.py --devices 2      # also TF (mirrored) and JAX (data_parallel) on 2
+
+With ``--devices N`` the TensorFlow and JAX columns are repeated on N devices (the global batch
+``--batch-size`` split over them; ``keras_music_ssl.pretext.Distribution("auto")``). Without N
+accelerators the N devices are virtual CPU devices that share the same cores: those numbers
+only show that the distributed step runs and what its collectives cost, not a speed-up.
 
 Each backend runs in its own process (a process has one Keras backend). The first step,
 which traces and compiles, is reported apart ("first s"); steps/s is measured over the
@@ -32,11 +38,26 @@ def views(batch, seed=0):
     return 0.1 * np.random.default_rng(seed).normal(size=(batch, 2, 64000)).astype("float32")
 
 
+def _virtual_devices(n):
+    """N logical CPU devices for TensorFlow when there are fewer than N accelerators (JAX gets
+    them from XLA_FLAGS, set by ``run_worker``)."""
+    import tensorflow as tf
+
+    if len(tf.config.list_physical_devices("GPU")) < n:
+        cpu = tf.config.list_physical_devices("CPU")[0]
+        tf.config.set_logical_device_configuration(cpu, [tf.config.LogicalDeviceConfiguration()] * n)
+
+
 def keras_worker(args, config):
     import keras
 
+    if args.worker_devices > 1 and keras.backend.backend() == "tensorflow":
+        _virtual_devices(args.worker_devices)
     from keras_music_ssl import MusicEncoder
     from keras_music_ssl.pretext import METHODS as CLASSES
+    from keras_music_ssl.pretext import Distribution
+
+    distribution = Distribution("auto" if args.worker_devices > 1 else None, devices=args.worker_devices)
 
     class Clock(keras.callbacks.Callback):
         """Time at the end of each step; reading the loss waits for the step to finish."""
@@ -50,11 +71,12 @@ def keras_worker(args, config):
 
     results = {}
     for name in args.methods:
-        model = CLASSES[name](MusicEncoder(**config), steps_per_epoch=1000)
-        model.compile(total_steps=10**6)
         clock = Clock()
-        model.fit(views(args.batch_size * (1 + args.warmup + args.steps)), batch_size=args.batch_size,
-                  epochs=1, verbose=0, shuffle=False, callbacks=[clock])
+        with distribution.scope():
+            model = CLASSES[name](MusicEncoder(**config), steps_per_epoch=1000)
+            model.compile(total_steps=10**6)
+            model.fit(views(args.batch_size * (1 + args.warmup + args.steps)), batch_size=args.batch_size,
+                      epochs=1, verbose=0, shuffle=False, callbacks=[clock])
         ends = clock.ends  # [start, end of step 1, ...]
         results[name] = {"steps_per_s": args.steps / (ends[-1] - ends[1 + args.warmup]),
                          "first_s": ends[1] - ends[0]}
@@ -114,11 +136,13 @@ def torch_worker(args, config):
                                            "first_s": first_s}}
 
 
-def run_worker(kind, backend, argv):
+def run_worker(kind, backend, argv, devices=1):
     env = dict(os.environ, KERAS_BACKEND=backend, TF_CPP_MIN_LOG_LEVEL="2",
                PYTHONPATH=os.pathsep.join(filter(None, [ROOT, os.environ.get("PYTHONPATH")])))
-    done = subprocess.run([sys.executable, os.path.abspath(__file__), "--worker", kind, *argv], env=env,
-                          capture_output=True, text=True)
+    if devices > 1 and backend == "jax":  # virtual CPU devices where there are no accelerators
+        env["XLA_FLAGS"] = (env.get("XLA_FLAGS", "") + f" --xla_force_host_platform_device_count={devices}").strip()
+    done = subprocess.run([sys.executable, os.path.abspath(__file__), "--worker", kind, *argv,
+                           "--worker-devices", str(devices)], env=env, capture_output=True, text=True)
     if done.returncode:
         print(f"{kind}/{backend} failed:\n{done.stderr[-2000:]}", file=sys.stderr)
         return {}
@@ -134,7 +158,10 @@ def main():
     parser.add_argument("--steps", type=int, default=10, help="timed steps")
     parser.add_argument("--warmup", type=int, default=1, help="untimed steps after the first")
     parser.add_argument("--no-torch-reference", action="store_true")
+    parser.add_argument("--devices", type=int, default=1,
+                        help="also time TensorFlow and JAX on this many devices (virtual CPU devices without GPUs)")
     parser.add_argument("--worker", choices=("keras", "torch"), help=argparse.SUPPRESS)
+    parser.add_argument("--worker-devices", type=int, default=1, help=argparse.SUPPRESS)
     args = parser.parse_args()
     config = FULL if args.full else SMALL
 
@@ -144,11 +171,15 @@ def main():
         return 0
 
     argv = [a for a in sys.argv[1:]]
-    columns = {backend: run_worker("keras", backend, argv) for backend in args.backends}
+    columns = {}
+    for backend in args.backends:
+        columns[backend] = run_worker("keras", backend, argv)
+        if args.devices > 1 and backend != "torch":  # Keras 3 has no multi-device fit on torch
+            columns[f"{backend} x{args.devices}"] = run_worker("keras", backend, argv, args.devices)
     if not args.no_torch_reference:
         columns["plain torch"] = run_worker("torch", "torch", argv)
     rows = [m for m in args.methods] + ["contrastive (plain PyTorch)"] * (not args.no_torch_reference)
-    print(f"\nencoder {config}, batch {args.batch_size} x 2 views x 64000 samples, "
+    print(f"\nencoder {config}, global batch {args.batch_size} x 2 views x 64000 samples, "
           f"{args.steps} timed steps; cells: steps/s (first step incl. compile, s)")
     print(f"{'method':<30}" + "".join(f"{c:>22}" for c in columns))
     for row in rows:

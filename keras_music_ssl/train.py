@@ -15,6 +15,12 @@ of audio, or (``data=None``) the embedded rendered dataset. The run folder ``out
     preset/         the encoder as a preset, for ``kmssl embed`` / ``probe`` / ``export``
     summary.json    written last: the run is finished
 
+Several devices: ``distribute="auto" | "mirrored" | "data_parallel"`` (and ``devices``) train
+the same objective on the global batch ``batch_size`` (see ``keras_music_ssl.pretext.distribute``);
+it is not a setting of the run, so a run may resume on other devices. In a multi-process JAX
+job (``distribute.initialize`` first) process 0 writes ``out`` and process i > 0 its own state
+in ``out/process-i/``.
+
 Calling ``pretrain`` again with the same ``out`` and settings resumes a killed run from its
 last finished epoch (the data stream skips the batches already trained on, so the result equals
 an uninterrupted run), or returns at once if the run finished. Different settings in an
@@ -229,20 +235,27 @@ def _write_json(path, obj):
     os.replace(path + ".partial", path)
 
 
-def pretrain(out, data_dir=None, verbose=1, **settings):
+def pretrain(out, data_dir=None, verbose=1, distribute=None, devices=None, **settings):
     """Pretrain an encoder with one pretext method; returns the run's summary (also ``summary.json``).
 
     ``settings`` are the fields of :class:`PretrainConfig` (method, data, encoder, epochs,
     steps_per_epoch, batch_size, views, learning_rate, ...); ``data_dir`` is where the rendered
-    dataset is cached (default ``$KMSSL_DATA_DIR`` or ``~/.cache/keras_music_ssl/datasets``).
+    dataset is cached (default ``$KMSSL_DATA_DIR`` or ``~/.cache/keras_music_ssl/datasets``);
+    ``distribute`` / ``devices``: see ``keras_music_ssl.pretext.distribute.Distribution``
+    (None: one device).
     """
     import keras
 
-    from keras_music_ssl.data.pipelines import ViewSamplerCounts, pretraining_dataset
-    from keras_music_ssl.pretext import CollapseMonitor
+    from keras_music_ssl.pretext.distribute import Distribution, process_index
 
     config = PretrainConfig(**settings)
+    try:
+        distribution = Distribution(distribute, devices)
+    except ValueError as error:
+        raise PretrainError(str(error)) from None
     out = os.path.abspath(os.fspath(out))
+    if process_index():
+        out = os.path.join(out, f"process-{process_index()}")
     _check_run_folder(out, config)
     if os.path.exists(os.path.join(out, "summary.json")):
         with open(os.path.join(out, "summary.json")) as f:
@@ -252,7 +265,19 @@ def pretrain(out, data_dir=None, verbose=1, **settings):
     os.makedirs(out, exist_ok=True)
     _write_json(os.path.join(out, "config.json"), {
         "config": config.to_dict(), "backend": keras.backend.backend(), "keras": keras.__version__,
+        "distribute": distribution.name, "devices": [str(d) for d in distribution.devices],
         "rerun": f"keras_music_ssl.pretrain({out!r}, **config)"})
+
+    with distribution.scope():
+        return _run(out, config, distribution, data_dir, verbose)
+
+
+def _run(out, config, distribution, data_dir, verbose):
+    import keras
+
+    from keras_music_ssl.data.pipelines import ViewSamplerCounts, pretraining_dataset
+    from keras_music_ssl.pretext import CollapseMonitor
+    from keras_music_ssl.pretext.distribute import process_count
 
     model = build_model(config)  # first: a bad method option fails before any data is built
     keras.utils.set_random_seed(config.seed)  # before the datasets: tf.data shuffles use the global seed
@@ -268,10 +293,12 @@ def pretrain(out, data_dir=None, verbose=1, **settings):
         print(f"{out}: resuming after epoch {done} of {config.epochs}", flush=True)
 
     callbacks = [_epoch_seconds_callback(), ViewSamplerCounts(sampler)]
-    if valid is not None:
-        callbacks.append(CollapseMonitor(_monitor_views(valid, config), prefix="val_"))
-    else:
+    if valid is None:
         print("no validation data: the collapse monitor is off (pass valid_data / --valid-data)", flush=True)
+    elif process_count() > 1:  # Keras' predict cannot fetch arrays that span other processes
+        print("several processes: the collapse monitor is off (it runs on one host)", flush=True)
+    else:
+        callbacks.append(CollapseMonitor(_monitor_views(valid, config), prefix="val_"))
     callbacks += [
         keras.callbacks.CSVLogger(history_csv, append=True),
         keras.callbacks.TensorBoard(os.path.join(out, "logs")),
@@ -296,7 +323,8 @@ def pretrain(out, data_dir=None, verbose=1, **settings):
     shutil.rmtree(os.path.join(out, "backup"), ignore_errors=True)
     rows = _read_history(history_csv)
     summary = {"method": config.method, "encoder": config.encoder, "data": data_name,
-               "backend": keras.backend.backend(), "epochs": config.epochs,
+               "backend": keras.backend.backend(), "distribute": distribution.name,
+               "devices": distribution.num_devices, "epochs": config.epochs,
                "steps": config.epochs * config.steps_per_epoch, "batch_size": config.batch_size,
                "final": rows[-1] if rows else {},
                "fit_seconds": round(sum(row.get("epoch_seconds", 0.0) for row in rows), 1),
@@ -311,4 +339,5 @@ def _read_history(path):
     if not os.path.exists(path):
         return []
     with open(path, newline="") as f:
-        return [{k: float(v) for k, v in row.items() if v not in ("", None)} for row in csv.DictReader(f)]
+        # CSVLogger writes "NA" for val_ columns it adds itself when no val_ log exists
+        return [{k: float(v) for k, v in row.items() if v not in ("", "NA", None)} for row in csv.DictReader(f)]

@@ -4,6 +4,9 @@ final model, encoder preset). Killed, the same command resumes from the last fin
     kmssl pretrain --out runs/byol --method byol --epochs 20 --steps-per-epoch 50
     kmssl pretrain --out runs/mine --data my_shards --valid-data my_valid_audio --encoder paper
     KERAS_BACKEND=jax kmssl pretrain --out runs/jax
+    kmssl pretrain --out runs/gpus --distribute auto --batch-size 256      # all GPUs of this host
+    KERAS_BACKEND=jax kmssl pretrain --out runs/pod --distribute data-parallel \
+        --coordinator host0:1234 --num-processes 4 --process-id $RANK     # one process per host
 
 With no --data: the embedded rendered dataset (built once into $KMSSL_DATA_DIR).
 """
@@ -59,9 +62,39 @@ def add_pretrain_options(parser, exclude=()):
     parser.add_argument("--quiet", action="store_true", help="no progress bars")
 
 
+def add_distribute_options(parser):
+    parser.add_argument("--distribute", choices=("none", "auto", "mirrored", "data-parallel"), default="none",
+                        help="several devices: mirrored (TensorFlow), data-parallel (JAX), auto (the backend's, "
+                             "when there are several devices); --batch-size is the global batch (default none)")
+    parser.add_argument("--devices", type=int, default=None, help="how many devices (default: all of the best kind)")
+    parser.add_argument("--coordinator", default=None, metavar="HOST:PORT",
+                        help="JAX, several processes: the address of process 0")
+    parser.add_argument("--num-processes", type=int, default=None, help="JAX, several processes: how many")
+    parser.add_argument("--process-id", type=int, default=None, help="JAX, several processes: this one's index")
+
+
+def distribute_from(args):
+    """(distribute, devices) for ``pretrain``; joins the JAX processes when asked."""
+    from keras_music_ssl.train import PretrainError
+
+    joined = (args.coordinator, args.num_processes, args.process_id)
+    if any(v is not None for v in joined):
+        if any(v is None for v in joined):
+            raise PretrainError("--coordinator, --num-processes and --process-id go together")
+        from keras_music_ssl.pretext import distribute
+
+        try:
+            distribute.initialize(*joined)
+        except ValueError as error:
+            raise PretrainError(str(error)) from None
+    name = None if args.distribute == "none" else args.distribute.replace("-", "_")
+    return name, args.devices
+
+
 def add_arguments(parser):
     parser.add_argument("--out", required=True, metavar="RUN_DIR", help="run folder (resumes if it holds this run)")
     add_pretrain_options(parser)
+    add_distribute_options(parser)
     parser.add_argument("--config", default=None, metavar="CONFIG_JSON",
                         help="start from a run's config.json (options given here override it)")
 
@@ -96,8 +129,9 @@ def run(args):
 
     try:
         config = PretrainConfig(**settings_from(args))
+        distribute, devices = distribute_from(args)
         summary = pretrain(args.out, data_dir=args.data_dir, verbose=0 if args.quiet else 1,
-                           **dataclasses.asdict(config))
+                           distribute=distribute, devices=devices, **dataclasses.asdict(config))
     except (PretrainError, FileNotFoundError, OSError) as error:
         print(f"kmssl pretrain: {error}", file=sys.stderr)
         return 2

@@ -256,6 +256,14 @@ class PretextModel(keras.Model):
         return cls(**config)
 
     # ------------------------------------------------------------------ one step per backend
+    def _maybe_symbolic_build(self, iterator=None, data_batch=None):
+        # Under tf.distribute, Keras draws a batch to build the model before training; a pretext
+        # model is built at construction and its optimizer at compile, and that draw would start
+        # the (reshuffled) data stream anew, away from what one device trains on.
+        if self.built and getattr(getattr(self, "optimizer", None), "built", False):
+            return None
+        return super()._maybe_symbolic_build(iterator=iterator, data_batch=data_batch)
+
     def train_step(self, *args):
         return getattr(self, f"_{BACKEND}_train_step")(*args)
 

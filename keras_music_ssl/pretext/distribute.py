@@ -86,6 +86,39 @@ def sync_batchnorm(model, enabled=True):
             layer.synchronized = False
 
 
+def initialize(coordinator, num_processes, process_id):
+    """Join this process to a multi-process JAX job (several hosts, or several processes on one):
+    ``keras.distribution.initialize`` with the coordinator's "host:port". Call it before
+    anything else touches JAX; then ``Distribution("data_parallel")`` spans every process's
+    devices, and each process feeds the same ``tf.data.Dataset`` of global batches (Keras gives
+    each its share). On CPU the collectives go through gloo."""
+    if BACKEND != "jax":
+        raise ValueError(f"Several processes need the JAX backend (KERAS_BACKEND=jax); this is {BACKEND}. "
+                         "TensorFlow's MultiWorkerMirroredStrategy is not supported by Keras 3.")
+    import jax
+
+    jax.config.update("jax_cpu_collectives_implementation", "gloo")  # used only by CPU devices
+    keras.distribution.initialize(coordinator, num_processes=int(num_processes), process_id=int(process_id))
+
+
+def process_index():
+    """This process's index in a multi-process JAX job (0 otherwise): process 0 writes the run."""
+    if BACKEND != "jax":
+        return 0
+    import jax
+
+    return jax.process_index()
+
+
+def process_count():
+    """Processes in the JAX job (1 otherwise)."""
+    if BACKEND != "jax":
+        return 1
+    import jax
+
+    return jax.process_count()
+
+
 class Distribution:
     """Where a model is built and trained: ``with distribution.scope(): build, compile, fit``.
 
