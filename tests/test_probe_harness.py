@@ -2,7 +2,6 @@
 each official format, the embedding cache, resuming, the protocol's segments, and the probes."""
 
 import json
-import os
 
 import keras
 import numpy as np

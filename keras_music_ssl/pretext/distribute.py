@@ -25,7 +25,6 @@ Scale with the global batch: B tracks over N devices is the same step as B track
 import contextlib
 
 import keras
-from keras import ops
 
 BACKEND = keras.backend.backend()
 STRATEGIES = ("auto", "mirrored", "data_parallel")

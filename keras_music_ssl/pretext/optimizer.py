@@ -7,7 +7,6 @@ As in DINO, 1-D variables (biases, BatchNorm scale and offset) are not decayed.
 """
 
 import keras
-from keras import ops
 
 
 @keras.saving.register_keras_serializable(package="keras_music_ssl")

@@ -26,7 +26,6 @@ them too); a split left empty is an error (:class:`ProbeDataError`) that says wh
 """
 
 import collections
-import csv
 import dataclasses
 import io
 import os
