@@ -38,24 +38,16 @@ def views(batch, seed=0):
     return 0.1 * np.random.default_rng(seed).normal(size=(batch, 2, 64000)).astype("float32")
 
 
-def _virtual_devices(n):
-    """N logical CPU devices for TensorFlow when there are fewer than N accelerators (JAX gets
-    them from XLA_FLAGS, set by ``run_worker``)."""
-    import tensorflow as tf
-
-    if len(tf.config.list_physical_devices("GPU")) < n:
-        cpu = tf.config.list_physical_devices("CPU")[0]
-        tf.config.set_logical_device_configuration(cpu, [tf.config.LogicalDeviceConfiguration()] * n)
-
-
 def keras_worker(args, config):
     import keras
 
-    if args.worker_devices > 1 and keras.backend.backend() == "tensorflow":
-        _virtual_devices(args.worker_devices)
     from keras_music_ssl import MusicEncoder
     from keras_music_ssl.pretext import METHODS as CLASSES
     from keras_music_ssl.pretext import Distribution
+    from keras_music_ssl.pretext.distribute import virtual_cpu_devices
+
+    if args.worker_devices > 1 and keras.backend.backend() == "tensorflow":  # JAX: XLA_FLAGS (run_worker)
+        virtual_cpu_devices(args.worker_devices)
 
     distribution = Distribution("auto" if args.worker_devices > 1 else None, devices=args.worker_devices)
 

@@ -17,6 +17,8 @@ OWN = {"tensorflow": "mirrored", "jax": "data_parallel"}
 def test_one_device_gets_no_strategy_and_unknown_names_are_refused():
     assert Distribution(None).engine is None and Distribution(None).num_devices == 1
     assert Distribution("auto", devices=1).name is None  # auto with one device: no strategy
+    with pytest.raises(ValueError, match="without a strategy"):
+        Distribution(None, devices=["a", "b"])
     with pytest.raises(ValueError, match="strategy must be one of"):
         Distribution("horovod")
 

@@ -54,20 +54,12 @@ def _distribution(mode):
 
 def _setup(mode, process_id=0, port=None):
     """Virtual devices and processes, before anything else starts the backend."""
-    backend = os.environ["KERAS_BACKEND"]
-    if backend == "tensorflow" and mode == "mirrored":
-        import tensorflow as tf
+    from keras_music_ssl.pretext import distribute
 
-        cpu = tf.config.list_physical_devices("CPU")[0]
-        tf.config.set_logical_device_configuration(cpu, [tf.config.LogicalDeviceConfiguration()] * 2)
-    if mode == "processes":
-        import jax
-
-        jax.config.update("jax_cpu_collectives_implementation", "gloo")
-    import keras
-
-    if mode == "processes":
-        keras.distribution.initialize(f"127.0.0.1:{port}", num_processes=2, process_id=process_id)
+    if mode == "mirrored":
+        distribute.virtual_cpu_devices(2)
+    elif mode == "processes":
+        distribute.initialize(f"127.0.0.1:{port}", num_processes=2, process_id=process_id)
 
 
 def _load(mode, path, out):
@@ -262,9 +254,8 @@ if __name__ == "__main__":
 PRETRAIN = ["pretrain", "--dataset-size", "tiny", "--encoder", "tiny", "--batch-size", "4", "--epochs", "2",
             "--steps-per-epoch", "2", "--quiet"]
 # TensorFlow needs its virtual devices before it starts, so the CLI is called from a script.
-MIRRORED_CLI = ("import sys, tensorflow as tf; cpu = tf.config.list_physical_devices('CPU')[0]; "
-                "tf.config.set_logical_device_configuration(cpu, [tf.config.LogicalDeviceConfiguration()] * 2); "
-                "from keras_music_ssl import cli; sys.exit(cli.main(sys.argv[1:]))")
+MIRRORED_CLI = ("import sys; from keras_music_ssl.pretext.distribute import virtual_cpu_devices; "
+                "virtual_cpu_devices(2); from keras_music_ssl import cli; sys.exit(cli.main(sys.argv[1:]))")
 
 
 def _kmssl(backend, out, data_dir, *extra, prefix=("-m", "keras_music_ssl")):
@@ -274,10 +265,9 @@ def _kmssl(backend, out, data_dir, *extra, prefix=("-m", "keras_music_ssl")):
 
 
 def _losses(run_dir):
-    import csv
+    from keras_music_ssl.train import _read_history
 
-    with open(os.path.join(run_dir, "history.csv"), newline="") as f:
-        return [float(row["loss"]) for row in csv.DictReader(f)]
+    return [row["loss"] for row in _read_history(os.path.join(run_dir, "history.csv"))]
 
 
 @pytest.mark.slow

@@ -85,6 +85,20 @@ def sync_batchnorm(model, enabled=True):
             layer.synchronized = False
 
 
+def virtual_cpu_devices(n):
+    """Split the CPU into ``n`` TensorFlow devices when there are fewer than ``n`` GPUs, to try a
+    strategy on one machine (tests, benchmarks). Call it before TensorFlow starts; JAX gets its
+    virtual devices from ``XLA_FLAGS=--xla_force_host_platform_device_count=n`` instead."""
+    if BACKEND != "tensorflow":
+        raise ValueError(f"virtual_cpu_devices is for TensorFlow; on {BACKEND} set "
+                         "XLA_FLAGS=--xla_force_host_platform_device_count=N (JAX) before it starts")
+    import tensorflow as tf
+
+    if len(tf.config.list_physical_devices("GPU")) < n:
+        cpu = tf.config.list_physical_devices("CPU")[0]
+        tf.config.set_logical_device_configuration(cpu, [tf.config.LogicalDeviceConfiguration()] * n)
+
+
 def initialize(coordinator, num_processes, process_id):
     """Join this process to a multi-process JAX job (several hosts, or several processes on one):
     ``keras.distribution.initialize`` with the coordinator's "host:port". Call it before
@@ -131,6 +145,8 @@ class Distribution:
         if strategy not in STRATEGIES + (None,):
             raise ValueError(f"strategy must be one of {STRATEGIES} or None, got {strategy!r}")
         found = _devices(devices)
+        if strategy is None and devices is not None and len(found) > 1:
+            raise ValueError(f"{len(found)} devices asked for without a strategy: pass strategy='auto'.")
         if BACKEND == "torch":
             if strategy not in ("auto", None) or (devices is not None and len(found) > 1):
                 raise ValueError(
