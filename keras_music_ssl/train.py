@@ -244,8 +244,6 @@ def pretrain(out, data_dir=None, verbose=1, distribute=None, devices=None, **set
     ``distribute`` / ``devices``: see ``keras_music_ssl.pretext.distribute.Distribution``
     (None: one device).
     """
-    import keras
-
     from keras_music_ssl.pretext.distribute import Distribution, process_index
 
     config = PretrainConfig(**settings)
@@ -262,12 +260,6 @@ def pretrain(out, data_dir=None, verbose=1, distribute=None, devices=None, **set
             summary = json.load(f)
         print(f"{out}: finished already ({config.method}, {config.epochs} epochs)", flush=True)
         return summary
-    os.makedirs(out, exist_ok=True)
-    _write_json(os.path.join(out, "config.json"), {
-        "config": config.to_dict(), "backend": keras.backend.backend(), "keras": keras.__version__,
-        "distribute": distribution.name, "devices": [str(d) for d in distribution.devices],
-        "rerun": f"keras_music_ssl.pretrain({out!r}, **config)"})
-
     with distribution.scope():
         return _run(out, config, distribution, data_dir, verbose)
 
@@ -282,6 +274,12 @@ def _run(out, config, distribution, data_dir, verbose):
     model = build_model(config)  # first: a bad method option fails before any data is built
     keras.utils.set_random_seed(config.seed)  # before the datasets: tf.data shuffles use the global seed
     train, valid, data_name = resolve_data(config, data_dir, progress=bool(verbose))
+    # Only now: settings refused above leave no run folder that a corrected command would clash with.
+    os.makedirs(out, exist_ok=True)
+    _write_json(os.path.join(out, "config.json"), {
+        "config": config.to_dict(), "backend": keras.backend.backend(), "keras": keras.__version__,
+        "distribute": distribution.name, "devices": [str(d) for d in distribution.devices],
+        "rerun": f"keras_music_ssl.pretrain({out!r}, **config)"})
     done = _finished_epochs(out)
     history_csv = os.path.join(out, "history.csv")
     _keep_history(history_csv, done)

@@ -79,6 +79,7 @@ def test_pretrain_refuses_other_settings_in_a_run_folder_and_bad_settings(data_d
     assert "not found" in capsys.readouterr().err
     assert cli.main(["pretrain", "--out", str(tmp_path / "e"), *TINY, "--option", "no_such_option=1"]) == 2
     assert "no_such_option" in capsys.readouterr().err
+    assert not (tmp_path / "d").exists() and not (tmp_path / "e").exists()  # a corrected command starts afresh
 
 
 @pytest.mark.backend_independent
