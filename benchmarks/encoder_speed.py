@@ -6,6 +6,15 @@ Same batch (16 x 4 s of 16 kHz audio), same machine, one run: each Keras backend
 subprocess (a process has one backend); the PyTorch reference is tests/torch_reference.py.
 Prints segments/s (median over repeats after warm-up), real-time factor (audio seconds per
 second) and the ratio to the PyTorch reference.
+
+Two tables:
+
+- model level: ``predict_on_batch`` after ``compile(jit_compile=...)``, against the reference
+  timed in its own process;
+- public paths, as a user calls them on a fresh ``MusicEncoder()`` (no ``compile``):
+  ``predict(x)``, ``predict(x, batch_size=16)`` on 10 batches, ``model(x)``, timed in the same
+  process as the PyTorch reference (eval, ``inference_mode``, 2 threads) and interleaved with
+  it, repeat by repeat, so both see the same machine load; the ratio is per repeat pair.
 """
 
 import argparse
@@ -63,7 +72,56 @@ def run_torch_reference(batch, repeats, compiled):
     return _timeit(step, repeats)
 
 
+def run_public_paths(backend, batch, repeats):
+    """{path: (keras seconds, reference seconds)}: medians of interleaved repeats, one process."""
+    os.environ["KERAS_BACKEND"] = backend
+    sys.path.insert(0, ROOT)
+    sys.path.insert(0, os.path.join(ROOT, "tests"))
+    import numpy as np
+    import torch
+
+    import torch_reference
+    from keras_music_ssl import MusicEncoder
+
+    torch.set_num_threads(2)
+    rng = np.random.default_rng(0)
+    clips = rng.standard_normal((batch, 64000)).astype("float32")
+    many = rng.standard_normal((10 * batch, 64000)).astype("float32")
+    model = MusicEncoder()
+    reference = torch_reference.Backbone().eval()
+
+    def torch_batches(x):
+        with torch.inference_mode():
+            for i in range(0, len(x), batch):
+                reference(torch.from_numpy(x[i:i + batch])[..., None])
+
+    paths = {f"predict(x), {batch} clips": (lambda: model.predict(clips, verbose=0), lambda: torch_batches(clips)),
+             f"predict(x, batch_size={batch}), {10 * batch} clips":
+                 (lambda: model.predict(many, batch_size=batch, verbose=0), lambda: torch_batches(many)),
+             f"model(x), {batch} clips": (lambda: model(clips), lambda: torch_batches(clips))}
+    results = {}
+    for name, (keras_fn, torch_fn) in paths.items():
+        for fn in (keras_fn, keras_fn, torch_fn):  # warm-up: tracing, first allocations
+            fn()
+        pairs = []
+        for _ in range(repeats):
+            pairs.append([])
+            for fn in (keras_fn, torch_fn):
+                start = time.perf_counter()
+                fn()
+                pairs[-1].append(time.perf_counter() - start)
+        size = 10 * batch if "batch_size" in name else batch
+        results[name] = {"segments": size,
+                         "keras": statistics.median(p[0] for p in pairs),
+                         "reference": statistics.median(p[1] for p in pairs),
+                         "ratio": statistics.median(p[1] / p[0] for p in pairs)}
+    return results
+
+
 def _worker(args):
+    if args.public:
+        print("RESULT " + json.dumps(run_public_paths(args.worker, args.batch, args.repeats)))
+        return
     if args.worker == "pytorch":
         seconds = run_torch_reference(args.batch, args.repeats, args.jit)
     else:
@@ -79,6 +137,7 @@ def main():
                         help="also time torch.compile for the PyTorch reference and the Keras torch backend")
     parser.add_argument("--worker", help=argparse.SUPPRESS)
     parser.add_argument("--jit", action="store_true", help=argparse.SUPPRESS)
+    parser.add_argument("--public", action="store_true", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.worker:
         return _worker(args)
@@ -93,16 +152,9 @@ def main():
                  ("Keras / PyTorch (torch.compile)", "torch", True)]
     results = []
     for label, worker, jit in runs:
-        cmd = [sys.executable, __file__, "--worker", worker, "--batch", str(args.batch),
-               "--repeats", str(args.repeats)] + (["--jit"] if jit else [])
-        env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3")
-        out = subprocess.run(cmd, capture_output=True, text=True, env=env)
-        line = [l for l in out.stdout.splitlines() if l.startswith("RESULT ")]
-        if not line:
-            print(f"{label}: failed\n{out.stderr[-2000:]}", file=sys.stderr)
-            results.append((label, None))
-            continue
-        results.append((label, json.loads(line[-1][7:])["seconds"]))
+        result = _run_worker(label, ["--worker", worker, "--batch", str(args.batch),
+                                     "--repeats", str(args.repeats)] + (["--jit"] if jit else []))
+        results.append((label, result and result["seconds"]))
 
     reference = results[0][1]
     print(f"\nEncoder inference, batch {args.batch} x 4 s, median of {args.repeats} "
@@ -117,6 +169,28 @@ def main():
         ratio = f"{reference / seconds:.2f}x" if reference else "-"
         print(f"| {label:<36} | {seconds * 1e3:8.0f} | {rate:10.1f} | "
               f"{rate * SEGMENT_SECONDS:11.0f} | {ratio:>14} |")
+
+    print(f"\nPublic paths on a fresh MusicEncoder(), interleaved with the PyTorch reference in the "
+          f"same process, median of {args.repeats}\n")
+    print("| backend | path | segments/s | reference segments/s | speed vs ref |")
+    print("|---|---|---:|---:|---:|")
+    for backend in ("tensorflow", "jax", "torch"):
+        result = _run_worker(f"public paths on {backend}", ["--worker", backend, "--public",
+                                                            "--batch", str(args.batch), "--repeats", str(args.repeats)])
+        for path, row in (result or {}).items():
+            print(f"| {backend} | `{path}` | {row['segments'] / row['keras']:.1f} | "
+                  f"{row['segments'] / row['reference']:.1f} | {row['ratio']:.2f}x |")
+
+
+def _run_worker(label, worker_args):
+    """The worker's RESULT json, or None (its stderr is printed)."""
+    env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3")
+    out = subprocess.run([sys.executable, __file__, *worker_args], capture_output=True, text=True, env=env)
+    line = [l for l in out.stdout.splitlines() if l.startswith("RESULT ")]
+    if not line:
+        print(f"{label}: failed\n{out.stderr[-2000:]}", file=sys.stderr)
+        return None
+    return json.loads(line[-1][7:])
 
 
 if __name__ == "__main__":
