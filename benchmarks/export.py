@@ -101,7 +101,6 @@ def main():
 
     os.environ["KERAS_BACKEND"] = "tensorflow"
     sys.path.insert(0, str(ROOT))
-    import numpy as np
     import tensorflow as tf
 
     from keras_music_ssl.export import export, synthetic_clips

@@ -6,6 +6,7 @@ subprocess; the exported SavedModel and TFLite file must reproduce the trained m
 
 import keras
 import numpy as np
+import pytest
 from conftest import TINY_ENCODER
 
 from keras_music_ssl.backbone import MusicEncoder
@@ -13,6 +14,7 @@ from keras_music_ssl.export import export, load_exported, synthetic_clips
 from keras_music_ssl.tagger import MusicTagger, TagHead
 
 
+@pytest.mark.slow  # a subprocess export and a fit: 35-55 s per backend
 def test_model_trained_on_this_backend_exports_with_identical_outputs(tmp_path):
     keras.utils.set_random_seed(5)
     tagger = MusicTagger(MusicEncoder(**TINY_ENCODER), TagHead(["a", "b", "c", "d"], hidden_units=(8,)))

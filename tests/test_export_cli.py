@@ -136,6 +136,7 @@ def test_cli_export_errors_are_clear_and_write_nothing(workspace, tmp_path, caps
     assert not out.exists()
 
 
+@pytest.mark.slow  # a calibrated full-integer conversion: ~15 s
 def test_cli_full_int8_export_calibrates_on_given_audio(workspace, tmp_path, capsys):
     root, encoder, head = workspace
     out = tmp_path / "tagger-int8.tflite"

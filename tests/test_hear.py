@@ -26,6 +26,7 @@ def preset(tmp_path_factory):
     return str(folder)
 
 
+@pytest.mark.slow  # the HEAR validator runs the model at several lengths: ~15 s
 @pytest.mark.skipif(BACKEND == "jax", reason="the validator accepts torch.nn.Module and tf.Module models only")
 def test_hear_validator_passes(preset):
     validator = shutil.which("hear-validator", path=os.path.dirname(sys.executable)) or shutil.which("hear-validator")

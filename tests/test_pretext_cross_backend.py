@@ -58,6 +58,7 @@ def first_step_losses():
     return results
 
 
+@pytest.mark.slow  # three backend processes: ~60 s
 @pytest.mark.backend_independent
 def test_first_step_losses_agree_across_backends(tmp_path):
     runs = {}

@@ -12,6 +12,7 @@ import textwrap
 
 import keras
 import numpy as np
+import pytest
 from conftest import TINY_ENCODER
 from test_pretext_fit import dense_encoder
 
@@ -39,6 +40,7 @@ def _numpy(x):
     return keras.ops.convert_to_numpy(x)
 
 
+@pytest.mark.slow  # a fresh process that loads five models: 16-42 s
 def test_saved_models_load_in_a_process_that_only_imported_the_package(tmp_path, rng):
     waveforms = rng.uniform(-1, 1, size=(4, SAMPLES)).astype("float32")
     views = rng.normal(size=(4, 2, 64)).astype("float32")

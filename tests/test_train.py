@@ -65,6 +65,7 @@ def test_pretrain_writes_a_complete_run_folder_and_a_rerun_does_not_train(data_d
     assert os.path.getmtime(os.path.join(out, "model.keras")) == mtime
 
 
+@pytest.mark.backend_independent  # the settings checks are the same on every backend
 def test_pretrain_refuses_other_settings_in_a_run_folder_and_bad_settings(data_dir, tmp_path, capsys):
     out = str(tmp_path / "run")
     assert cli.main(["pretrain", "--out", out, *TINY, "--epochs", "1", "--steps-per-epoch", "1", "--quiet"]) == 0
@@ -149,6 +150,7 @@ def test_pretrain_killed_with_sigkill_resumes_and_equals_an_uninterrupted_run(da
     np.testing.assert_allclose([float(r["loss"]) for r in rows], [float(r["loss"]) for r in straight_rows], rtol=1e-5)
 
 
+@pytest.mark.slow  # two pretraining runs, a probe and a resume: ~45 s
 @pytest.mark.tf_only
 def test_compare_two_methods_writes_one_report_with_the_floors_and_resumes(data_dir, tmp_path, capsys):
     out = str(tmp_path / "compare")

@@ -61,7 +61,12 @@ def run(args):
             skipped.append({"path": error.path, "reason": error.reason, "detail": error.detail})
             print(f"kmssl tag: skipping {error}", file=sys.stderr)
             continue
-        out = model.track(waveform)
+        try:
+            out = model.track(waveform)
+        except ValueError as error:  # decoded to 0 samples after resampling: the empty-track rule
+            skipped.append({"path": str(path), "reason": "empty", "detail": str(error)})
+            print(f"kmssl tag: skipping {path}: {error}", file=sys.stderr)
+            continue
         result = {"path": str(path), "num_chunks": int(out["num_chunks"]),
                   "tags": [{"tag": t, "score": s} for t, s in top_tags(out["probabilities"], meta["tags"], args.top)]}
         results.append(result)

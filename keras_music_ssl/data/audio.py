@@ -24,6 +24,8 @@ import struct
 
 import numpy as np
 
+from keras_music_ssl.track import peak_normalize
+
 SAMPLE_RATE = 16000
 MAX_DURATION = 600.0  # seconds; the authors load at most 10 minutes
 AUDIO_EXTENSIONS = (".wav", ".flac", ".ogg", ".oga", ".opus", ".mp3", ".aif", ".aiff", ".aifc",
@@ -172,7 +174,5 @@ def load_audio(path, sample_rate=SAMPLE_RATE, mono=True, normalize=True,
     if data.shape[0] < min_duration * sample_rate:
         raise AudioError(path, "too_short", f"{data.shape[0] / sample_rate:.2f} s < {min_duration} s")
     if normalize:
-        peak = float(np.max(np.abs(data)))
-        if peak > 0:
-            data = data / peak
+        data = peak_normalize(data)
     return np.ascontiguousarray(data, dtype=np.float32)

@@ -1,0 +1,151 @@
+"""Export an embedder (``MusicEncoder``) or a tagger (``MusicTagger``) for serving.
+
+Formats (``FORMATS``): a TensorFlow SavedModel (TF Serving, ``tf.saved_model.load``) and
+TFLite/LiteRT files: ``tflite`` (float32), ``tflite-fp16`` (float16 weights),
+``tflite-int8`` (dynamic-range: int8 weights, activations quantised on the fly) and
+``tflite-int8-full`` (the ResNet in int8 with activation ranges calibrated on audio).
+Raw 16 kHz mono float32 waveform in, the log-mel frontend inside the graph, built-in ops
+only. In every quantised file the frontend stays float32 (``tflite_rewrite.float_frontend``;
+RFFT2D has no int8 kernel, and 8-bit or float16 constants there cost up to 80 / 20 dB).
+
+One file per concern: ``signatures`` (the served functions, in TF ops), ``saved_model``,
+``tflite`` (conversion and quantisation), ``tflite_rewrite`` (flatbuffer edits),
+``calibration``, ``metadata`` (what travels with a model), ``runtime`` (running an export
+from Python) and ``private_api`` (the non-public TF/LiteRT calls, guarded).
+
+Signatures (the same names in both formats; ``T`` tags, ``D`` embedding width):
+
+- ``embed``: ``waveform`` (batch, 64000) -> ``embedding`` (batch, D)
+- ``embed_track``: ``waveform`` (samples,), any length -> ``embedding`` (D,), ``num_chunks``
+- ``tag``: ``waveform`` (batch, 64000) -> ``probabilities`` (batch, T), ``embedding``
+- ``tag_track``: ``waveform`` (samples,) -> ``probabilities`` (T,), ``embedding``, ``num_chunks``
+- ``head``: ``embedding`` (batch, D) -> ``probabilities`` (batch, T)
+- ``metadata`` (SavedModel only): no input -> ``kind``, ``tags``, ``sample_rate``, ``clip_samples``
+
+An embedder has ``embed`` + ``embed_track``; a tagger has ``tag``, ``tag_track``, ``head``.
+``serving_default`` is ``embed`` or ``tag``.
+
+The track signatures follow ``keras_music_ssl/track.py``, the one definition that
+``embed_files`` also follows (the authors' ``usage/sample.py``, spec §2): peak-normalise the
+whole track (a no-op on the output of ``keras_music_ssl.data.load_audio``), zero-pad at the
+end to a multiple of 4 s, embed each consecutive 4 s chunk, average the embeddings, then
+apply the tag head to the mean embedding. An empty track is an error: the graph reports it
+as ``num_chunks = 0`` (with the finite outputs of one silent chunk) and the runners raise.
+The clip signatures take clips as they are (no normalisation).
+
+Tag names travel inside the model: the SavedModel's ``metadata`` signature returns them
+as a string tensor (and ``assets.extra/`` holds ``tags.txt`` + ``keras_music_ssl.json``);
+a ``.tflite`` file carries those two files in a zip archive appended to the flatbuffer,
+the way TFLite Support attaches label files: interpreters ignore it, any zip reader (or
+``read_metadata``) reads it.
+
+On device, a long track is tagged either with ``tag_track`` (dynamic length) or, where
+only a fixed 4 s input is wanted, by peak-normalising the whole track, running ``tag``
+on each zero-padded 4 s chunk (batch 1, so memory stays constant), averaging the
+``embedding`` outputs and running ``head`` on the mean: the same numbers.
+
+Export runs on the TensorFlow backend. ``export()`` called under JAX or PyTorch saves the
+model to a temporary ``.keras`` file and exports it in a TensorFlow subprocess
+(dependencies.md §4e: the ``.keras`` route is the one that converts).
+"""
+
+import os
+import pathlib
+import subprocess
+import sys
+import tempfile
+
+import numpy as np
+
+# Importing this package loads numpy only (``kmssl`` reads FORMATS before choosing a
+# backend); TensorFlow and LiteRT are imported inside the functions that need them.
+from keras_music_ssl.export.calibration import synthetic_clips
+from keras_music_ssl.export.metadata import METADATA_FILE, TAGS_FILE, ExportError, model_metadata, read_metadata
+from keras_music_ssl.export.runtime import SavedModelRunner, TFLiteRunner, load_exported
+from keras_music_ssl.export.saved_model import export_saved_model
+from keras_music_ssl.export.signatures import require_tensorflow_backend, track_chunks
+from keras_music_ssl.export.tflite import export_tflite, tflite_operators
+
+FORMATS = ("savedmodel", "tflite", "tflite-fp16", "tflite-int8", "tflite-int8-full")
+# format -> quantisation of the TFLite conversion
+QUANTIZATIONS = {"tflite": None, "tflite-fp16": "float16", "tflite-int8": "dynamic_int8",
+                 "tflite-int8-full": "full_int8"}
+
+__all__ = ["FORMATS", "QUANTIZATIONS", "METADATA_FILE", "TAGS_FILE", "ExportError", "SavedModelRunner",
+           "TFLiteRunner", "export", "export_keras_file", "export_saved_model", "export_tflite",
+           "load_exported", "model_metadata", "read_metadata", "synthetic_clips", "tflite_operators",
+           "track_chunks"]
+
+
+
+def export(model, path, format="savedmodel", representative=None, overwrite=False):
+    """Export ``model`` (``MusicEncoder`` or ``MusicTagger``) to ``path`` in one of ``FORMATS``.
+
+    Under the TensorFlow backend it exports in-process; under JAX or PyTorch it saves the
+    model to a temporary ``.keras`` file and exports that in a TensorFlow subprocess.
+    The result appears at ``path`` only when complete (written beside it, then renamed).
+    """
+    if format not in FORMATS:
+        raise ValueError(f"format must be one of {FORMATS}, got {format!r}")
+    import keras
+
+    model_metadata(model)  # type check before any work
+    path = pathlib.Path(path)
+    if path.exists() and not overwrite:
+        raise FileExistsError(f"{path} exists; pass overwrite=True to replace it.")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    partial = path.with_name(f".{path.name}.partial")
+    _remove(partial)
+    try:
+        if keras.backend.backend() != "tensorflow":
+            _export_in_tensorflow(model, partial, format, representative)
+        elif format == "savedmodel":
+            export_saved_model(model, partial)
+        else:
+            export_tflite(model, partial, QUANTIZATIONS[format], representative)
+        _remove(path)
+        os.replace(partial, path)
+    finally:
+        _remove(partial)
+    return path
+
+
+def _remove(path):
+    import shutil
+
+    if path.is_dir():
+        shutil.rmtree(path)
+    elif path.exists():
+        path.unlink()
+
+
+def export_keras_file(keras_path, path, format="savedmodel", representative=None):
+    """Load a ``.keras`` encoder/tagger (saved on any backend) and export it (TF backend)."""
+    import keras
+
+    from keras_music_ssl import tagger  # noqa: F401  (registers TagHead / MusicTagger)
+
+    require_tensorflow_backend()
+    model = keras.saving.load_model(str(keras_path))
+    return export(model, path, format, representative, overwrite=True)
+
+
+def _export_in_tensorflow(model, path, format, representative):
+    with tempfile.TemporaryDirectory() as tmp:
+        keras_path = os.path.join(tmp, "model.keras")
+        model.save(keras_path)
+        calibration = ""
+        if representative is not None:
+            calibration = os.path.join(tmp, "representative.npy")
+            np.save(calibration, np.asarray(representative, np.float32))
+        code = ("import sys, numpy as np; from keras_music_ssl.export import export_keras_file; "
+                "export_keras_file(sys.argv[1], sys.argv[2], sys.argv[3], "
+                "np.load(sys.argv[4]) if sys.argv[4] else None)")
+        package_root = str(pathlib.Path(__file__).resolve().parent.parent)
+        env = {**os.environ, "KERAS_BACKEND": "tensorflow",
+               "PYTHONPATH": os.pathsep.join(filter(None, [package_root, os.environ.get("PYTHONPATH")]))}
+        done = subprocess.run([sys.executable, "-c", code, keras_path, str(path), format, calibration],
+                              env=env, capture_output=True, text=True)
+        if done.returncode:
+            raise ExportError(f"Export in the TensorFlow subprocess failed:\n{done.stderr[-3000:]}")
+    return path

@@ -1,0 +1,81 @@
+"""What travels with an exported model, and reading it back.
+
+A SavedModel carries ``tags.txt`` and ``keras_music_ssl.json`` in ``assets.extra/`` (and a
+``metadata`` signature); a ``.tflite`` file carries the same two files in a zip archive
+appended to the flatbuffer, the way TFLite Support attaches label files: interpreters
+ignore it, any zip reader (or :func:`read_metadata`) reads it.
+"""
+
+import json
+import pathlib
+import zipfile
+
+METADATA_FILE = "keras_music_ssl.json"
+TAGS_FILE = "tags.txt"
+
+
+class ExportError(RuntimeError):
+    """A model that cannot be exported, or an exported file that cannot be used."""
+
+
+def model_metadata(model):
+    """What travels with an export: kind, tags, sample rate, clip length, embedding width."""
+    from keras_music_ssl import __version__
+    from keras_music_ssl.backbone import MusicEncoder
+    from keras_music_ssl.tagger import MusicTagger
+
+    if isinstance(model, MusicTagger):
+        kind, encoder, tags = "tagger", model.encoder, model.tags
+    elif isinstance(model, MusicEncoder):
+        kind, encoder, tags = "embedder", model, []
+    else:
+        raise TypeError(f"Export takes a MusicEncoder or a MusicTagger, got {type(model).__name__}.")
+    return {"kind": kind, "tags": list(tags), "sample_rate": int(encoder.sample_rate),
+            "clip_samples": int(encoder.num_samples), "embedding_dim": int(encoder.output_dim),
+            "keras_music_ssl_version": __version__}
+
+
+def metadata_files(meta):
+    """name -> text of the files that carry the tags beside (or inside) a model."""
+    return {TAGS_FILE: "".join(f"{tag}\n" for tag in meta["tags"]),
+            METADATA_FILE: json.dumps(meta, indent=2)}
+
+
+def write_metadata_files(folder, meta):
+    folder.mkdir(parents=True, exist_ok=True)
+    for name, text in metadata_files(meta).items():
+        (folder / name).write_text(text)
+
+
+def read_metadata(path):
+    """The metadata of an exported model: a SavedModel folder or a ``.tflite`` file."""
+    path = existing_model_path(path)
+    if (path / "assets.extra" / METADATA_FILE).is_file():
+        return json.loads((path / "assets.extra" / METADATA_FILE).read_text())
+    if path.is_dir():
+        import tensorflow as tf
+
+        signature = tf.saved_model.load(str(path)).signatures.get("metadata")
+        if signature is None:
+            raise ExportError(f"{path} has no 'metadata' signature: not exported by keras_music_ssl.")
+        return decode_metadata(signature())
+    try:
+        with zipfile.ZipFile(path) as archive:
+            return json.loads(archive.read(METADATA_FILE))
+    except (zipfile.BadZipFile, KeyError):
+        raise ExportError(f"{path} carries no {METADATA_FILE}: not exported by keras_music_ssl.") from None
+
+
+def decode_metadata(outputs):
+    return {"kind": outputs["kind"].numpy().decode(),
+            "tags": [t.decode() for t in outputs["tags"].numpy()],
+            "sample_rate": int(outputs["sample_rate"]), "clip_samples": int(outputs["clip_samples"])}
+
+
+def existing_model_path(path):
+    path = pathlib.Path(path)
+    if not path.exists():
+        raise FileNotFoundError(f"No exported model at {path}.")
+    if path.is_dir() and not (path / "saved_model.pb").is_file():
+        raise ExportError(f"{path} is a folder but not a SavedModel (no saved_model.pb).")
+    return path
