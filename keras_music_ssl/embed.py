@@ -92,8 +92,6 @@ def _decode(path, chunker, max_duration):
         return chunker(path, load_audio(path, max_duration=max_duration)), None
     except (AudioError, UnusableTrack) as error:
         return None, error.reason + (f": {error.detail}" if error.detail else "")
-    except ValueError as error:  # decoded to zero samples after resampling
-        return None, f"empty: {error}"
 
 
 def _decoded(paths, chunker, max_duration, ahead=2):

@@ -31,7 +31,8 @@ RMS_THRESHOLD = -7.5
 
 
 class UnusableTrack(ValueError):
-    """A track that gives no encoder input under a rule (``reason``: ``silent``, ``too_short``)."""
+    """A track that gives no encoder input under a rule (``reason``: ``empty``, ``silent``,
+    ``too_short``)."""
 
     def __init__(self, reason, detail=""):
         super().__init__(f"{reason}: {detail}" if detail else reason)
@@ -52,11 +53,16 @@ def _mono(waveform):
     return waveform
 
 
+def require_samples(waveform):
+    """The empty-track rule: raise :class:`UnusableTrack` (``empty``) for a waveform of no samples."""
+    if np.asarray(waveform).size == 0:
+        raise UnusableTrack("empty", "a waveform of 0 samples: nothing to embed")
+
+
 def chunk_waveform(waveform, num_samples=SEGMENT_SAMPLES):
     """(samples,) -> (ceil(samples / num_samples), num_samples) float32, zero-padded at the end."""
     waveform = _mono(waveform)
-    if waveform.size == 0:
-        raise ValueError("empty waveform: nothing to embed")
+    require_samples(waveform)
     n_chunks = -(-waveform.size // num_samples)
     padded = np.zeros(n_chunks * num_samples, dtype=np.float32)
     padded[:waveform.size] = waveform

@@ -66,7 +66,7 @@ def files(tmp_path_factory):
 def test_embed_files_follows_the_track_rule_on_every_length(encoder, files):
     names = list(LENGTHS)
     result = embed_files(encoder, [files[n] for n in names] + [files["empty"]], batch_size=4, progress=False)
-    assert [p for p in result.paths] == [str(files[n]) for n in names]
+    assert result.paths == [str(files[n]) for n in names]
     assert [p for p, _ in result.skipped] == [str(files["empty"])]
     for name, got in zip(names, result.embeddings):
         expected, _ = reference(encoder, load_audio(files[name]))

@@ -42,6 +42,7 @@ def run(args):
 
     from keras_music_ssl.data import AudioError, load_audio
     from keras_music_ssl.export import ExportError, load_exported
+    from keras_music_ssl.track import UnusableTrack
 
     if args.top < 1:
         return _fail("--top must be at least 1")
@@ -63,8 +64,8 @@ def run(args):
             continue
         try:
             out = model.track(waveform)
-        except ValueError as error:  # decoded to 0 samples after resampling: the empty-track rule
-            skipped.append({"path": str(path), "reason": "empty", "detail": str(error)})
+        except UnusableTrack as error:  # decoded to 0 samples after resampling: the empty-track rule
+            skipped.append({"path": str(path), "reason": error.reason, "detail": error.detail})
             print(f"kmssl tag: skipping {path}: {error}", file=sys.stderr)
             continue
         result = {"path": str(path), "num_chunks": int(out["num_chunks"]),

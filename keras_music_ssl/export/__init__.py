@@ -77,7 +77,6 @@ __all__ = ["FORMATS", "QUANTIZATIONS", "METADATA_FILE", "TAGS_FILE", "ExportErro
            "track_chunks"]
 
 
-
 def export(model, path, format="savedmodel", representative=None, overwrite=False):
     """Export ``model`` (``MusicEncoder`` or ``MusicTagger``) to ``path`` in one of ``FORMATS``.
 
@@ -141,7 +140,7 @@ def _export_in_tensorflow(model, path, format, representative):
         code = ("import sys, numpy as np; from keras_music_ssl.export import export_keras_file; "
                 "export_keras_file(sys.argv[1], sys.argv[2], sys.argv[3], "
                 "np.load(sys.argv[4]) if sys.argv[4] else None)")
-        package_root = str(pathlib.Path(__file__).resolve().parent.parent)
+        package_root = str(pathlib.Path(__file__).resolve().parents[2])  # the folder holding keras_music_ssl/
         env = {**os.environ, "KERAS_BACKEND": "tensorflow",
                "PYTHONPATH": os.pathsep.join(filter(None, [package_root, os.environ.get("PYTHONPATH")]))}
         done = subprocess.run([sys.executable, "-c", code, keras_path, str(path), format, calibration],

@@ -4,6 +4,7 @@
 import numpy as np
 
 from keras_music_ssl.export.metadata import ExportError, decode_metadata, existing_model_path, read_metadata
+from keras_music_ssl.track import require_samples
 
 
 class SavedModelRunner:
@@ -27,10 +28,9 @@ class SavedModelRunner:
         return self.run("tag" if self.metadata["kind"] == "tagger" else "embed", waveform=waveforms)
 
     def track(self, waveform):
-        """The track signature; an empty waveform is the ValueError of ``track.chunk_waveform``
-        (the graph itself reports it as ``num_chunks = 0``)."""
-        if np.asarray(waveform).size == 0:
-            raise ValueError("empty waveform: nothing to embed")
+        """The track signature; an empty waveform raises ``track.UnusableTrack`` (``empty``), as
+        in Python (the graph itself reports it as ``num_chunks = 0``)."""
+        require_samples(waveform)
         return self.run("tag_track" if self.metadata["kind"] == "tagger" else "embed_track",
                         waveform=waveform)
 
