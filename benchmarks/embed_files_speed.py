@@ -8,6 +8,9 @@ to a temporary folder, then, in one subprocess per Keras backend with the paper-
 - decode: ``load_audio`` alone over all files (the decoding share of the run);
 - per file: ``embed_waveform`` file by file (the authors' usage/sample.py loop);
 - batched: ``embed_files`` (chunks of consecutive files share encoder batches);
+- PyTorch peer: a plain loop of ``load_audio`` + ``track.chunk_waveform`` + the PyTorch reference
+  model (eval, ``inference_mode``, 2 threads) in batches of ``--batch``, in the same process,
+  interleaved with ``embed_files`` repeat by repeat (median of ``--repeats``; the ratio is per pair);
 - convert: ``convert_checkpoint`` of a paper-size checkpoint written from tests/torch_reference.
 
 Each is run once untimed first, so that compiling the encoder (TF graph / JAX jit) is excluded.
@@ -16,6 +19,7 @@ Each is run once untimed first, so that compiling the encoder (TF graph / JAX ji
 import argparse
 import json
 import os
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -48,7 +52,31 @@ def _timed(fn):
     return time.perf_counter() - start, result
 
 
-def run_backend(paths, batch, folder):
+def torch_peer(paths, batch):
+    """A plain PyTorch loop: decode, chunk, the reference model in batches, mean per track."""
+    import numpy as np
+    import torch
+
+    import torch_reference
+    from keras_music_ssl.data import load_audio
+    from keras_music_ssl.track import chunk_waveform
+
+    torch.set_num_threads(2)
+    model = torch_reference.Backbone().eval()
+
+    def run():
+        out = []
+        with torch.inference_mode():
+            for path in paths:
+                chunks = torch.from_numpy(chunk_waveform(load_audio(path), 64000))[..., None]
+                out.append(np.concatenate([model(chunks[i:i + batch]).numpy()
+                                           for i in range(0, len(chunks), batch)]).mean(0))
+        return out
+
+    return run
+
+
+def run_backend(paths, batch, folder, repeats):
     sys.path.insert(0, ROOT)
     sys.path.insert(0, os.path.join(ROOT, "tests"))
     from keras_music_ssl import MusicEncoder
@@ -60,9 +88,16 @@ def run_backend(paths, batch, folder):
     decode, waves = _timed(lambda: [load_audio(p) for p in paths])
     loop = lambda: [embed_waveform(encoder, w, batch) for w in waves]  # noqa: E731
     files = lambda: embed_files(encoder, paths, batch, progress=False)  # noqa: E731
-    loop(), files()  # compile every batch shape first (TF graph, JAX jit)
+    peer = torch_peer(paths, batch)
+    loop(), files(), peer()  # compile every batch shape first (TF graph, JAX jit)
     per_file, _ = _timed(loop)
-    batched, result = _timed(files)
+    pairs = []
+    for _ in range(repeats):
+        batched, result = _timed(files)
+        pairs.append((batched, _timed(peer)[0]))
+    batched = statistics.median(b for b, _ in pairs)
+    reference = statistics.median(r for _, r in pairs)
+    ratio = statistics.median(r / b for b, r in pairs)
     chunks = sum(-(-len(w) // 64000) for w in waves)
 
     from released_checkpoints import reference_backbone, write_released_checkpoint
@@ -73,6 +108,7 @@ def run_backend(paths, batch, folder):
     out = os.path.join(folder, f"preset_{os.environ['KERAS_BACKEND']}")
     convert, _ = _timed(lambda: convert_checkpoint(checkpoint, out, overwrite=True))
     return {"decode": decode, "per_file": per_file, "batched": batched, "convert": convert,
+            "reference": reference, "ratio": ratio,
             "chunks": chunks, "audio_seconds": sum(len(w) for w in waves) / 16000,
             "embedded": len(result.paths)}
 
@@ -84,13 +120,14 @@ def main():
     parser.add_argument("--seconds", type=float, default=30.0)
     parser.add_argument("--batch", type=int, default=32)
     parser.add_argument("--backends", nargs="+", default=["tensorflow", "jax", "torch"])
+    parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--worker", help=argparse.SUPPRESS)
     parser.add_argument("--folder", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.worker:
         paths = sorted(os.path.join(args.folder, f) for f in os.listdir(args.folder)
                        if f.startswith("track"))
-        print("RESULT " + json.dumps(run_backend(paths, args.batch, args.folder)))
+        print("RESULT " + json.dumps(run_backend(paths, args.batch, args.folder, args.repeats)))
         return 0
 
     with tempfile.TemporaryDirectory() as folder:
@@ -98,7 +135,7 @@ def main():
         rows = []
         for backend in args.backends:
             cmd = [sys.executable, __file__, "--worker", backend, "--folder", folder,
-                   "--batch", str(args.batch)]
+                   "--batch", str(args.batch), "--repeats", str(args.repeats)]
             env = dict(os.environ, KERAS_BACKEND=backend, TF_CPP_MIN_LOG_LEVEL="3")
             out = subprocess.run(cmd, capture_output=True, text=True, env=env)
             line = [x for x in out.stdout.splitlines() if x.startswith("RESULT ")]
@@ -110,14 +147,14 @@ def main():
     print(f"\nembed_files, paper encoder, {args.files} files x {args.seconds:g} s "
           f"(FLAC 44.1 kHz stereo / MP3 22.05 kHz mono), batch {args.batch}, "
           f"{os.cpu_count()} CPU cores\n")
-    print("| backend    | chunks | decode s | per-file loop s | embed_files s | real-time x "
-          "| decode/embed | convert s |")
-    print("|------------|-------:|---------:|----------------:|--------------:|------------:"
-          "|-------------:|----------:|")
+    print("| backend    | chunks | decode s | per-file loop s | embed_files s | segments/s "
+          "| PyTorch loop s | speed vs PyTorch | real-time x | convert s |")
+    print("|------------|-------:|---------:|----------------:|--------------:|-----------:"
+          "|---------------:|-----------------:|------------:|----------:|")
     for backend, r in rows:
         print(f"| {backend:<10} | {r['chunks']:6d} | {r['decode']:8.2f} | {r['per_file']:15.2f} | "
-              f"{r['batched']:13.2f} | {r['audio_seconds'] / r['batched']:11.0f} | "
-              f"{r['decode'] / r['batched']:12.0%} | {r['convert']:9.2f} |")
+              f"{r['batched']:13.2f} | {r['chunks'] / r['batched']:10.1f} | {r['reference']:14.2f} | "
+              f"{r['ratio']:15.2f}x | {r['audio_seconds'] / r['batched']:11.0f} | {r['convert']:9.2f} |")
     return 0
 
 

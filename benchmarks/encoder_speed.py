@@ -9,8 +9,8 @@ second) and the ratio to the PyTorch reference.
 
 Two tables:
 
-- model level: ``predict_on_batch`` after ``compile(jit_compile=...)``, against the reference
-  timed in its own process;
+- model level: Keras' own ``predict_on_batch`` after ``compile(jit_compile=...)`` (bypassing
+  ``keras_music_ssl.inference``), against the reference timed in its own process;
 - public paths, as a user calls them on a fresh ``MusicEncoder()`` (no ``compile``):
   ``predict(x)``, ``predict(x, batch_size=16)`` on 10 batches, ``model(x)``, timed in the same
   process as the PyTorch reference (eval, ``inference_mode``, 2 threads) and interleaved with
@@ -27,6 +27,17 @@ import time
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SEGMENT_SECONDS = 4.0
+GFLOP_PER_SEGMENT = 0.23  # the paper's encoder on one 4 s segment (multiply-adds x 2)
+
+
+def sgemm_gflops():
+    """float32 matmul speed of this CPU on 2 threads (PyTorch, 2048^2): the compute ceiling."""
+    import torch
+
+    torch.set_num_threads(2)
+    a, b = torch.randn(2048, 2048), torch.randn(2048, 2048)
+    seconds = _timeit(lambda: a @ b, 5)
+    return 2 * 2048 ** 3 / seconds / 1e9
 
 
 def _timeit(fn, repeats, warmup=2):
@@ -48,9 +59,12 @@ def run_keras(backend, batch, repeats, jit):
     from keras_music_ssl import MusicEncoder
 
     x = np.random.default_rng(0).standard_normal((batch, 64000)).astype("float32")
+    import keras
+
     model = MusicEncoder()
     model.compile(jit_compile=jit)
-    seconds = _timeit(lambda: model.predict_on_batch(x), repeats)
+    # Keras' own predict_on_batch (the trainer's), not the library's compiled-inference path
+    seconds = _timeit(lambda: keras.Model.predict_on_batch(model, x), repeats)
     return seconds
 
 
@@ -122,6 +136,9 @@ def _worker(args):
     if args.public:
         print("RESULT " + json.dumps(run_public_paths(args.worker, args.batch, args.repeats)))
         return
+    if args.worker == "sgemm":
+        print("RESULT " + json.dumps({"gflops": sgemm_gflops()}))
+        return
     if args.worker == "pytorch":
         seconds = run_torch_reference(args.batch, args.repeats, args.jit)
     else:
@@ -135,6 +152,7 @@ def main():
     parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--torch-compile", action="store_true",
                         help="also time torch.compile for the PyTorch reference and the Keras torch backend")
+    parser.add_argument("--public-only", action="store_true", help="only the public-path table")
     parser.add_argument("--worker", help=argparse.SUPPRESS)
     parser.add_argument("--jit", action="store_true", help=argparse.SUPPRESS)
     parser.add_argument("--public", action="store_true", help=argparse.SUPPRESS)
@@ -151,12 +169,12 @@ def main():
         runs += [("PyTorch reference (torch.compile)", "pytorch", True),
                  ("Keras / PyTorch (torch.compile)", "torch", True)]
     results = []
-    for label, worker, jit in runs:
+    for label, worker, jit in [] if args.public_only else runs:
         result = _run_worker(label, ["--worker", worker, "--batch", str(args.batch),
                                      "--repeats", str(args.repeats)] + (["--jit"] if jit else []))
         results.append((label, result and result["seconds"]))
 
-    reference = results[0][1]
+    reference = results[0][1] if results else None
     print(f"\nEncoder inference, batch {args.batch} x 4 s, median of {args.repeats} "
           f"({os.cpu_count()} CPU cores)\n")
     print(f"| {'run':<36} | ms/batch | segments/s | real-time x | speed vs ref   |")
@@ -170,15 +188,19 @@ def main():
         print(f"| {label:<36} | {seconds * 1e3:8.0f} | {rate:10.1f} | "
               f"{rate * SEGMENT_SECONDS:11.0f} | {ratio:>14} |")
 
+    sgemm = (_run_worker("sgemm", ["--worker", "sgemm"]) or {}).get("gflops")
+    ceiling = sgemm / GFLOP_PER_SEGMENT if sgemm else float("nan")
     print(f"\nPublic paths on a fresh MusicEncoder(), interleaved with the PyTorch reference in the "
-          f"same process, median of {args.repeats}\n")
-    print("| backend | path | segments/s | reference segments/s | speed vs ref |")
-    print("|---|---|---:|---:|---:|")
+          f"same process, median of {args.repeats}; ceiling: {ceiling:.0f} segments/s "
+          f"({GFLOP_PER_SEGMENT} GFLOP per segment at {sgemm or float('nan'):.0f} GFLOP/s sgemm)\n")
+    print("| backend | path | segments/s | % of ceiling | reference segments/s | speed vs ref |")
+    print("|---|---|---:|---:|---:|---:|")
     for backend in ("tensorflow", "jax", "torch"):
         result = _run_worker(f"public paths on {backend}", ["--worker", backend, "--public",
                                                             "--batch", str(args.batch), "--repeats", str(args.repeats)])
         for path, row in (result or {}).items():
-            print(f"| {backend} | `{path}` | {row['segments'] / row['keras']:.1f} | "
+            rate = row['segments'] / row['keras']
+            print(f"| {backend} | `{path}` | {rate:.1f} | {100 * rate / ceiling:.0f} % | "
                   f"{row['segments'] / row['reference']:.1f} | {row['ratio']:.2f}x |")
 
 

@@ -32,6 +32,7 @@ BACKENDS = ("tensorflow", "jax", "torch")
 METHODS = ("contrastive", "byol", "clustering", "barlow_twins", "vicreg")
 SMALL = dict(width=8, layers=(1, 1, 1, 1), heads=4, output_dim=128)
 FULL = dict(width=16, layers=(3, 4, 6, 3), heads=8, output_dim=1024)
+JIT = {"auto": "auto", "true": True, "false": False}  # compile(jit_compile=...): XLA / torch.compile
 
 
 def views(batch, seed=0):
@@ -66,7 +67,7 @@ def keras_worker(args, config):
         clock = Clock()
         with distribution.scope():
             model = CLASSES[name](MusicEncoder(**config), steps_per_epoch=1000)
-            model.compile(total_steps=10**6)
+            model.compile(total_steps=10**6, jit_compile=JIT[args.jit_compile])
             model.fit(views(args.batch_size * (1 + args.warmup + args.steps)), batch_size=args.batch_size,
                       epochs=1, verbose=0, shuffle=False, callbacks=[clock])
         ends = clock.ends  # [start, end of step 1, ...]
@@ -150,6 +151,8 @@ def main():
     parser.add_argument("--steps", type=int, default=10, help="timed steps")
     parser.add_argument("--warmup", type=int, default=1, help="untimed steps after the first")
     parser.add_argument("--no-torch-reference", action="store_true")
+    parser.add_argument("--jit-compile", choices=JIT, default="auto",
+                        help="compile(jit_compile=...) of the Keras models (auto: Keras' choice, no XLA on CPU)")
     parser.add_argument("--devices", type=int, default=1,
                         help="also time TensorFlow and JAX on this many devices (virtual CPU devices without GPUs)")
     parser.add_argument("--worker", choices=("keras", "torch"), help=argparse.SUPPRESS)

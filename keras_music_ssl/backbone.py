@@ -15,6 +15,7 @@ import keras
 from keras import layers, ops
 
 from keras_music_ssl.frontend import LogMelSpectrogram
+from keras_music_ssl.inference import FastInference
 
 # PyTorch BatchNorm defaults: eps 1e-5, running-average momentum 0.1 (Keras: 0.9). Shared by
 # every BatchNorm of the package (encoder, pretext heads, tag head).
@@ -207,13 +208,15 @@ class ModifiedResNet(layers.Layer):
 
 
 @keras.saving.register_keras_serializable(package="keras_music_ssl")
-class MusicEncoder(keras.Model):
+class MusicEncoder(FastInference, keras.Model):
     """Raw 16 kHz mono waveform (batch, samples) -> embedding (batch, output_dim).
 
     ``MusicEncoder()`` is the paper's model: 4 s input (64,000 samples), the torchaudio-
     equivalent log-mel frontend, ModifiedResNet width 16, layers (3, 4, 6, 3), 8 heads,
     1024-d output, 2,800,392 trainable parameters. Smaller settings give quick models for
     tests and CPU demos; ``frontend`` takes any ``LogMelSpectrogram`` argument.
+    ``predict(array)`` and ``model(array)`` run one compiled function reused across calls
+    (``keras_music_ssl.inference``).
     """
 
     def __init__(self, width=16, layers=(3, 4, 6, 3), heads=8, output_dim=1024,

@@ -14,6 +14,7 @@ import keras
 import numpy as np
 
 from keras_music_ssl.backbone import TORCH_BATCHNORM, MusicEncoder
+from keras_music_ssl.inference import FastInference
 
 
 @keras.saving.register_keras_serializable(package="keras_music_ssl")
@@ -107,7 +108,7 @@ class TagHead(keras.layers.Layer):
 
 
 @keras.saving.register_keras_serializable(package="keras_music_ssl")
-class MusicTagger(keras.Model):
+class MusicTagger(FastInference, keras.Model):
     """Waveform (batch, num_samples) -> tag probabilities (batch, n_tags): ``head(encoder(x))``.
 
     ``.encoder`` is a ``MusicEncoder``, ``.head`` a ``TagHead``, ``.tags`` the tag names.

@@ -30,6 +30,7 @@ restores epoch k of a run into a model sized at its start) continues a run inste
 starting one.
 """
 
+import contextlib
 import math
 
 import keras
@@ -215,8 +216,19 @@ class PretextModel(keras.Model):
         callbacks = list(callbacks or [])
         if not any(isinstance(c, keras.callbacks.TerminateOnNaN) for c in callbacks):
             callbacks.append(keras.callbacks.TerminateOnNaN())
-        return super().fit(x, batch_size=batch_size, epochs=epochs, callbacks=callbacks,
-                           steps_per_epoch=steps_per_epoch, **kwargs)
+        with self._compile_context():
+            return super().fit(x, batch_size=batch_size, epochs=epochs, callbacks=callbacks,
+                               steps_per_epoch=steps_per_epoch, **kwargs)
+
+    def _compile_context(self):
+        """PyTorch with ``jit_compile=True`` (torch.compile): shapes held static. Dynamo's
+        automatic dynamic shapes retrace the step symbolically on a second call and fail in
+        the convolutions ("cannot determine truth value of Relational")."""
+        if BACKEND == "torch" and self.jit_compile:
+            import torch._dynamo
+
+            return torch._dynamo.config.patch(automatic_dynamic_shapes=False)
+        return contextlib.nullcontext()
 
     def _start_run(self, epochs, steps_per_epoch, initial_epoch):
         """Size the model's run and the schedules that follow fit for ``epochs`` epochs of

@@ -11,10 +11,11 @@ import keras
 from keras import ops
 
 from keras_music_ssl.frontend import LogMelSpectrogram
+from keras_music_ssl.inference import FastInference
 
 
 @keras.saving.register_keras_serializable(package="keras_music_ssl")
-class LogMelStats(keras.Model):
+class LogMelStats(FastInference, keras.Model):
     """Waveform (batch, num_samples) -> (batch, 2 * n_mels): per-band mean and std over time."""
 
     def __init__(self, num_samples=64000, frontend=None, **kwargs):
