@@ -13,7 +13,8 @@ they travel with the weights. ``save_tag_head`` / ``load_tag_head`` write and re
 import keras
 import numpy as np
 
-from keras_music_ssl.backbone import TORCH_BATCHNORM, MusicEncoder
+from keras_music_ssl.backbone import MusicEncoder
+from keras_music_ssl.heads import hidden_block, hidden_layers
 from keras_music_ssl.inference import FastInference
 
 
@@ -51,12 +52,9 @@ class TagHead(keras.layers.Layer):
         self.dropout = float(dropout)
         self.batch_norm = bool(batch_norm)
         self.standardize = bool(standardize)
-        self.hidden = [
-            (keras.layers.Dense(units, use_bias=not self.batch_norm, name=f"hidden{i}"),
-             keras.layers.BatchNormalization(**TORCH_BATCHNORM, name=f"hidden{i}_bn")
-             if self.batch_norm else None)
-            for i, units in enumerate(self.hidden_units)
-        ]
+        # Glorot init (Keras' default), as the probe results in the README were measured with.
+        self.hidden = [hidden_layers(units, self.batch_norm, name=f"hidden{i}", kernel_initializer="glorot_uniform")
+                       for i, units in enumerate(self.hidden_units)]
         self.drop = keras.layers.Dropout(self.dropout) if self.dropout else None
         self.logits = keras.layers.Dense(len(tags), use_bias=self.use_bias, name="logits")
 
@@ -90,8 +88,7 @@ class TagHead(keras.layers.Layer):
         if self.standardize:
             x = (x - self.feature_mean) * self.feature_scale
         for dense, norm in self.hidden:
-            x = dense(x)
-            x = keras.ops.relu(norm(x, training=training) if norm is not None else x)
+            x = hidden_block(x, dense, norm, training=training)
             if self.drop is not None:
                 x = self.drop(x, training=training)
         x = self.logits(x)

@@ -153,3 +153,22 @@ def test_unbuilt_head_needs_input_dim(tmp_path):
         save_tag_head(TagHead(TAGS), tmp_path / "probe.keras")
     path = save_tag_head(TagHead(TAGS), tmp_path / "probe.keras", input_dim=6)
     assert load_tag_head(path).input_dim == 6
+
+
+@pytest.mark.parametrize("training", [False, True])
+def test_paper_tag_head_is_the_authors_head_plus_a_sigmoid(rng, training):
+    # TagHead(hidden_units, use_bias=False) is Head(hidden_units + [n_tags]) with the same weights.
+    from keras_music_ssl.heads import Head
+
+    x = rng.standard_normal((6, 12)).astype("float32")
+    tag_head, head = TagHead(["a", "b", "c"], hidden_units=(8, 5)), Head((8, 5, 3))
+    tag_head.build((None, 12))
+    head.build((None, 12))
+    for (dense, norm), head_dense, head_norm in zip(tag_head.hidden, head.dense, head.norms):
+        head_dense.set_weights(dense.get_weights())
+        norm.set_weights([w + rng.uniform(0.5, 1.0, w.shape).astype("float32") for w in norm.get_weights()])
+        head_norm.set_weights(norm.get_weights())
+    head.dense[-1].set_weights(tag_head.logits.get_weights())
+    expected = 1.0 / (1.0 + np.exp(-keras.ops.convert_to_numpy(head(x, training=training))))
+    np.testing.assert_allclose(keras.ops.convert_to_numpy(tag_head(x, training=training)), expected,
+                               rtol=1e-5, atol=1e-6)
