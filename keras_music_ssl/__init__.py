@@ -9,7 +9,7 @@ in a process that only ran ``import keras_music_ssl``. Data workers fork
 
 import importlib
 
-__version__ = "0.4.2"
+__version__ = "0.4.3"
 
 from keras_music_ssl.backbone import AttentionPool2D, Bottleneck, ModifiedResNet, MusicEncoder  # noqa: E402
 from keras_music_ssl.frontend import LogMelSpectrogram  # noqa: E402

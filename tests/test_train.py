@@ -99,6 +99,25 @@ def test_user_audio_folder_holds_out_files_for_the_collapse_monitor(tmp_path):
     assert len(train) == 40 and valid == [str(tmp_path / "track00.wav")]
 
 
+@pytest.mark.backend_independent
+def test_pretrain_from_an_audio_folder_fills_the_audio_cache_and_a_resume_may_drop_it(tmp_path, capsys):
+    import soundfile as sf
+
+    audio = tmp_path / "audio"
+    audio.mkdir()
+    rng = np.random.default_rng(0)
+    for i in range(5):
+        sf.write(audio / f"track{i}.flac", (0.1 * rng.standard_normal(16000 * 9)).astype(np.float32), 16000)
+    out, cache = str(tmp_path / "run"), tmp_path / "cache"
+    common = ["pretrain", "--out", out, "--data", str(audio), "--valid-data", str(audio / "track0.flac"),
+              "--encoder", "tiny", "--batch-size", "2", "--epochs", "1", "--steps-per-epoch", "3", "--quiet"]
+    assert cli.main([*common, "--audio-cache", str(cache)]) == 0
+    assert "--audio-cache DIR decodes once" not in capsys.readouterr().out
+    assert sorted(os.path.splitext(name)[1] for name in os.listdir(cache)) == [".npy"] * 5
+    assert cli.main(common) == 0  # the cache is not a training setting: the run is recognised
+    assert "finished already" in capsys.readouterr().out
+
+
 def _pretrain_process(out, data_dir):
     env = dict(os.environ, KERAS_BACKEND="tensorflow", KMSSL_DATA_DIR=data_dir, TF_CPP_MIN_LOG_LEVEL="2")
     argv = [sys.executable, "-m", "keras_music_ssl", "pretrain", "--out", out, *TINY,

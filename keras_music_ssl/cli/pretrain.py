@@ -31,6 +31,8 @@ OPTIONS = {
     "--views": ("views", "views per track (default 2)"),
     "--min-gap": ("min_gap_seconds", "start-to-start gap between views, seconds (default 4, the paper)"),
     "--views-per-track": ("views_per_track", "view sets drawn per decoded track (default 1)"),
+    "--audio-cache": ("audio_cache", "audio-folder --data: keep the decoded 16 kHz tracks in this folder, so only "
+                                     "the first pass decodes (float32, ~230 MB per hour of audio; default: none)"),
     "--gain-db": ("gain_db", "random gain of each view in +-dB (default 0: no augmentation, as the paper)"),
     "--polarity": ("polarity", "probability of flipping each view's sign (default 0)"),
     "--noise-snr-db": ("noise_snr_db", "add white noise at this SNR (default none)"),
@@ -43,7 +45,7 @@ OPTIONS = {
     "--seed": ("seed", "seed of weights, views and shuffling (default 0)"),
     "--checkpoint-every": ("checkpoint_every", "write checkpoints/epochNNN.keras every N epochs (default 1)"),
 }
-TYPES = {"data": str, "valid_data": str, "noise_snr_db": float, "momentum_epochs": int}  # default None
+TYPES = {"data": str, "valid_data": str, "audio_cache": str, "noise_snr_db": float, "momentum_epochs": int}  # default None
 
 
 def add_pretrain_options(parser, exclude=()):

@@ -52,17 +52,27 @@ def list_audio_files(folder):
 
 
 def decoded_audio(records, report, paths, sample_rate=SAMPLE_RATE, max_duration=MAX_DURATION,
-                  min_duration=0.0, num_parallel_calls=tf.data.AUTOTUNE):
+                  min_duration=0.0, num_parallel_calls=tf.data.AUTOTUNE, cache_dir=None):
     """Add ``audio`` (float32 (samples,)) to a dataset of dicts with a ``path``; drop unusable files.
 
     ``paths``: the distinct files the stream holds, so that the pipeline stops with an error
     once all of them have failed (a repeated stream would otherwise loop forever).
+    ``cache_dir``: keep the decoded tracks there (:class:`~keras_music_ssl.data.audio_cache.AudioCache`),
+    so that later passes read them instead of decoding again.
     """
     paths = frozenset(os.fspath(p) for p in paths)
+    if cache_dir is not None:
+        from keras_music_ssl.data.audio_cache import AudioCache
+
+        cache = AudioCache(cache_dir, sample_rate, max_duration, min_duration)
+    else:
+        cache = None
 
     def load(path):
         path = path.decode("utf-8")
         try:
+            if cache is not None:
+                return cache.load(path)
             return load_audio(path, sample_rate, mono=True, normalize=True, max_duration=max_duration,
                               min_duration=min_duration)
         except AudioError as error:

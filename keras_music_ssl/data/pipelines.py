@@ -31,11 +31,12 @@ def _is_prepared(source):
 
 
 def track_dataset(source, seed=0, shuffle=True, repeat=True, cycle_length=8, report=None,
-                  num_parallel_calls=tf.data.AUTOTUNE):
+                  num_parallel_calls=tf.data.AUTOTUNE, cache_dir=None):
     """Whole tracks, float32 ``(samples,)`` at 16 kHz, from a prepared folder, an audio folder or a
     list of audio files (or of shard files).
 
     ``report`` (a :class:`SkipReport`) collects the audio files that could not be decoded.
+    ``cache_dir``: audio sources only, a folder that keeps the decoded tracks (``data/audio_cache.py``).
     """
     if isinstance(source, (list, tuple)):
         files = [os.fspath(f) for f in source]
@@ -60,7 +61,7 @@ def track_dataset(source, seed=0, shuffle=True, repeat=True, cycle_length=8, rep
                       deterministic=True)
     records = ds.map(lambda path: {"path": path})
     report = report if report is not None else SkipReport()
-    return decoded_audio(records, report, files, num_parallel_calls=num_parallel_calls).map(
+    return decoded_audio(records, report, files, num_parallel_calls=num_parallel_calls, cache_dir=cache_dir).map(
         lambda record: record["audio"])
 
 
@@ -77,17 +78,19 @@ def sample_views(tracks, sampler, seed=0, views_per_track=1, num_parallel_calls=
 
 
 def pretraining_dataset(source, batch_size, sampler=None, seed=0, shuffle_buffer=256, views_per_track=1,
-                        repeat=True, cycle_length=8, report=None, num_parallel_calls=tf.data.AUTOTUNE):
+                        repeat=True, cycle_length=8, report=None, num_parallel_calls=tf.data.AUTOTUNE,
+                        cache_dir=None):
     """Batches of views ``(batch_size, V, samples)`` float32 from a prepared folder or an audio folder.
 
     ``sampler``: a :class:`ViewSampler` (default: the paper's two 4-s views >= 4 s apart); read
     its ``counts()`` afterwards for the tracks that were too short for the gap rule.
     ``views_per_track`` > 1 draws several view sets per decoded track (cheaper for compressed
-    audio folders; the shuffle buffer spreads them across batches).
+    audio folders; the shuffle buffer spreads them across batches). ``cache_dir`` keeps the decoded
+    tracks of an audio source, so that only the first pass decodes (the same batches as without it).
     """
     sampler = sampler or ViewSampler()
     tracks = track_dataset(source, seed=seed, repeat=repeat, cycle_length=cycle_length, report=report,
-                           num_parallel_calls=num_parallel_calls)
+                           num_parallel_calls=num_parallel_calls, cache_dir=cache_dir)
     views = sample_views(tracks, sampler, seed=seed, views_per_track=views_per_track,
                          num_parallel_calls=num_parallel_calls)
     if shuffle_buffer and shuffle_buffer > 1:
