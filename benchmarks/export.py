@@ -4,8 +4,9 @@
 
 One run on one machine: the paper-size tagger (MusicEncoder() + a 50-tag head, random
 weights unless --preset/--head are given) as Keras on TensorFlow with jit_compile,
-as a SavedModel, and as TFLite float32 / float16 / dynamic-range int8 / full int8 run
-by ai_edge_litert with 1 and 2 threads; then the PyTorch reference encoder
+as a SavedModel, as TFLite float32 / float16 / dynamic-range int8 / full int8 run
+by ai_edge_litert with 1 and 2 threads, and as ONNX (``clips.onnx``) run by onnxruntime
+with 1 and 2 threads; then the PyTorch reference encoder
 (tests/torch_reference.py ``Backbone``, frontend included, no tag head) with 1 and 2
 threads, in a subprocess. Latency = median over ``--repeats`` single-clip calls
 after warm-up (batch 1, 64,000 samples); real-time factor = latency / 4 s (lower is
@@ -103,7 +104,9 @@ def main():
     sys.path.insert(0, str(ROOT))
     import tensorflow as tf
 
-    from keras_music_ssl.export import export, synthetic_clips
+    import onnxruntime
+
+    from keras_music_ssl.export import export, load_exported, synthetic_clips
     from ai_edge_litert.interpreter import Interpreter
 
     tagger = build_tagger(args)
@@ -116,9 +119,9 @@ def main():
         rows.append(("Keras 3 / TF, jit_compile", "default", size_of(tmp / "tagger.keras"),
                      timed(lambda: tagger.predict_on_batch(clip), args.repeats), ".keras file size"))
         paths = {}
-        for fmt in ("savedmodel",) + TFLITE_FORMATS:
+        for fmt in ("savedmodel", "onnx") + TFLITE_FORMATS:
             start = time.perf_counter()
-            paths[fmt] = export(tagger, tmp / (fmt if fmt == "savedmodel" else f"{fmt}.tflite"), fmt)
+            paths[fmt] = export(tagger, tmp / (fmt if fmt in ("savedmodel", "onnx") else f"{fmt}.tflite"), fmt)
             print(f"exported {fmt} in {time.perf_counter() - start:.0f} s", file=sys.stderr)
         serving = tf.saved_model.load(str(paths["savedmodel"])).signatures["tag"]
         waveform = tf.constant(clip)
@@ -129,6 +132,12 @@ def main():
                 runner = Interpreter(model_path=str(paths[fmt]), num_threads=threads).get_signature_runner("tag")
                 rows.append((f"TFLite {fmt.removeprefix('tflite').lstrip('-') or 'fp32'} (ai_edge_litert)",
                              threads, size_of(paths[fmt]), timed(lambda: runner(waveform=clip), args.repeats), ""))
+        for threads in (1, 2):
+            onnx_model = load_exported(paths["onnx"], num_threads=threads)
+            rows.append((f"ONNX fp32 (onnxruntime {onnxruntime.__version__})", threads,
+                         size_of(paths["onnx"] / "clips.onnx"),
+                         timed(lambda: onnx_model.run("tag", waveform=clip), args.repeats),
+                         "clips.onnx (track.onnx is the same size)"))
     if not args.skip_torch:
         for threads in (1, 2):
             result, error = run_torch(threads, args.repeats)

@@ -33,6 +33,8 @@ def workspace(tmp_path_factory):
                  "--format", "savedmodel", "--out", str(root / "tagger")]) == 0
     assert main(["export", "--preset", str(root / "preset"), "--head", str(root / "probe.keras"),
                  "--format", "tflite", "--out", str(root / "tagger.tflite")]) == 0
+    assert main(["export", "--preset", str(root / "preset"), "--head", str(root / "probe.keras"),
+                 "--format", "onnx", "--out", str(root / "tagger_onnx")]) == 0
     assert main(["export", "--preset", str(root / "preset"), "--format", "savedmodel",
                  "--out", str(root / "embedder")]) == 0
     clips = synthetic_clips(3, seed=4)
@@ -98,14 +100,15 @@ def test_cli_tag_json_reports_results_and_skipped_files(workspace, capsys):
     assert "2 of 4 files skipped" in captured.err
 
 
-def test_cli_tag_gives_the_same_tags_from_tflite_and_savedmodel(workspace, capsys):
+@pytest.mark.parametrize("other,tolerance", [("tagger.tflite", 1e-3), ("tagger_onnx", 1e-4)])
+def test_cli_tag_gives_the_same_tags_from_every_format(workspace, capsys, other, tolerance):
     root, _, _ = workspace
     outputs = []
-    for model in (root / "tagger", root / "tagger.tflite"):
+    for model in (root / "tagger", root / other):
         assert main(["tag", str(root / "song.wav"), "--model", str(model), "--json"]) == 0
         outputs.append(json.loads(capsys.readouterr().out)["results"][0]["tags"])
     assert [t["tag"] for t in outputs[0]] == [t["tag"] for t in outputs[1]]
-    np.testing.assert_allclose([t["score"] for t in outputs[0]], [t["score"] for t in outputs[1]], atol=1e-3)
+    np.testing.assert_allclose([t["score"] for t in outputs[0]], [t["score"] for t in outputs[1]], atol=tolerance)
 
 
 def test_cli_tag_errors_for_a_wrong_path_and_a_model_without_tags(workspace, capsys):

@@ -1,10 +1,11 @@
-"""One track, one embedding: ``embed_files`` (Python, every backend), the SavedModel and the
-TFLite file give the track embedding that ``keras_music_ssl/track.py`` defines, on the same
-WAV files: short, exactly 4 s, 4 s + 1 sample, long, silent, and empty (an error everywhere).
+"""One track, one embedding: ``embed_files`` (Python, every backend), the SavedModel, the
+TFLite file and the ONNX export give the track embedding that ``keras_music_ssl/track.py``
+defines, on the same WAV files: short, exactly 4 s, 4 s + 1 sample, long, silent, and empty
+(an error everywhere).
 
 The reference is written here in numpy (peak-normalise, zero-pad the end, cut into 4 s
 chunks) around the encoder's own clip outputs, so what is tested is the track rule.
-Tolerances: Python 1e-4 (float32 batching), SavedModel 1e-4, TFLite 1e-3.
+Tolerances: Python 1e-4 (float32 batching), SavedModel 1e-4, TFLite 1e-3, ONNX 1e-4.
 """
 
 import keras
@@ -81,11 +82,11 @@ def exported(encoder, tmp_path_factory):
 
     root = tmp_path_factory.mktemp("exported")
     return {fmt: export(encoder, root / name, fmt)
-            for fmt, name in [("savedmodel", "embedder"), ("tflite", "embedder.tflite")]}
+            for fmt, name in [("savedmodel", "embedder"), ("tflite", "embedder.tflite"), ("onnx", "embedder_onnx")]}
 
 
 @pytest.mark.tf_only
-@pytest.mark.parametrize("fmt,tolerance", [("savedmodel", 1e-4), ("tflite", 1e-3)])
+@pytest.mark.parametrize("fmt,tolerance", [("savedmodel", 1e-4), ("tflite", 1e-3), ("onnx", 1e-4)])
 def test_exported_track_signature_equals_python_on_the_same_files(encoder, files, exported, fmt, tolerance):
     from keras_music_ssl.export import load_exported
 

@@ -1,8 +1,9 @@
-"""``kmssl export``: an encoder (embedder) or a tagger as a SavedModel or a TFLite model.
+"""``kmssl export``: an encoder (embedder) or a tagger as a SavedModel, a TFLite or an ONNX model.
 
     kmssl export --preset deezer_contrastive --format savedmodel --out embedder/
     kmssl export --preset my_preset/ --head probe.keras --format tflite-int8 --out tagger.tflite
     kmssl export --model tagger.keras --format tflite --out tagger.tflite
+    kmssl export --preset my_preset/ --head probe.keras --format onnx --out tagger_onnx/
 
 Export runs on TensorFlow whatever KERAS_BACKEND is: under JAX or PyTorch the model is
 exported in a TensorFlow subprocess (``keras_music_ssl.export.export``).
@@ -13,7 +14,7 @@ import sys
 
 from keras_music_ssl.export import FORMATS  # numpy-only at import time
 
-HELP = "Export an encoder (embedder) or a tagger to a SavedModel or a TFLite model."
+HELP = "Export an encoder (embedder) or a tagger to a SavedModel, a TFLite or an ONNX model."
 
 
 def add_arguments(parser):
@@ -28,7 +29,8 @@ def add_arguments(parser):
     parser.add_argument("--calibration", nargs="+", metavar="AUDIO",
                         help="audio files for tflite-int8-full calibration (default: synthetic "
                              "tones, chords, noise, chirps and beats)")
-    parser.add_argument("--out", required=True, help="SavedModel folder or .tflite file to write")
+    parser.add_argument("--out", required=True,
+                        help="SavedModel folder, .tflite file, or ONNX folder (clips.onnx, track.onnx, tags) to write")
     parser.add_argument("--overwrite", action="store_true", help="replace an existing --out")
 
 

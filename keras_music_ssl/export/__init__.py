@@ -1,17 +1,18 @@
 """Export an embedder (``MusicEncoder``) or a tagger (``MusicTagger``) for serving.
 
-Formats (``FORMATS``): a TensorFlow SavedModel (TF Serving, ``tf.saved_model.load``) and
+Formats (``FORMATS``): a TensorFlow SavedModel (TF Serving, ``tf.saved_model.load``),
 TFLite/LiteRT files: ``tflite`` (float32), ``tflite-fp16`` (float16 weights),
 ``tflite-int8`` (dynamic-range: int8 weights, activations quantised on the fly) and
-``tflite-int8-full`` (the ResNet in int8 with activation ranges calibrated on audio).
+``tflite-int8-full`` (the ResNet in int8 with activation ranges calibrated on audio), and
+``onnx``: a folder of two standard-opset ONNX models (``onnx.py``).
 Raw 16 kHz mono float32 waveform in, the log-mel frontend inside the graph, built-in ops
 only. In every quantised file the frontend stays float32 (``tflite_rewrite.float_frontend``;
 RFFT2D has no int8 kernel, and 8-bit or float16 constants there cost up to 80 / 20 dB).
 
 One file per concern: ``signatures`` (the served functions, in TF ops), ``saved_model``,
 ``tflite`` (conversion and quantisation), ``tflite_rewrite`` (flatbuffer edits),
-``calibration``, ``metadata`` (what travels with a model), ``runtime`` (running an export
-from Python) and ``private_api`` (the non-public TF/LiteRT calls, guarded).
+``calibration``, ``onnx``, ``metadata`` (what travels with a model), ``runtime`` (running
+an export from Python) and ``private_api`` (the non-public TF/LiteRT calls, guarded).
 
 Signatures (the same names in both formats; ``T`` tags, ``D`` embedding width):
 
@@ -61,20 +62,21 @@ import numpy as np
 # backend); TensorFlow and LiteRT are imported inside the functions that need them.
 from keras_music_ssl.export.calibration import synthetic_clips
 from keras_music_ssl.export.metadata import METADATA_FILE, TAGS_FILE, ExportError, model_metadata, read_metadata
-from keras_music_ssl.export.runtime import SavedModelRunner, TFLiteRunner, load_exported
+from keras_music_ssl.export.onnx import export_onnx, onnx_operators
+from keras_music_ssl.export.runtime import OnnxRunner, SavedModelRunner, TFLiteRunner, load_exported
 from keras_music_ssl.export.saved_model import export_saved_model
 from keras_music_ssl.export.signatures import require_tensorflow_backend, track_chunks
 from keras_music_ssl.export.tflite import export_tflite, tflite_operators
 
-FORMATS = ("savedmodel", "tflite", "tflite-fp16", "tflite-int8", "tflite-int8-full")
+FORMATS = ("savedmodel", "tflite", "tflite-fp16", "tflite-int8", "tflite-int8-full", "onnx")
 # format -> quantisation of the TFLite conversion
 QUANTIZATIONS = {"tflite": None, "tflite-fp16": "float16", "tflite-int8": "dynamic_int8",
                  "tflite-int8-full": "full_int8"}
 
-__all__ = ["FORMATS", "QUANTIZATIONS", "METADATA_FILE", "TAGS_FILE", "ExportError", "SavedModelRunner",
-           "TFLiteRunner", "export", "export_keras_file", "export_saved_model", "export_tflite",
-           "load_exported", "model_metadata", "read_metadata", "synthetic_clips", "tflite_operators",
-           "track_chunks"]
+__all__ = ["FORMATS", "QUANTIZATIONS", "METADATA_FILE", "TAGS_FILE", "ExportError", "OnnxRunner", "SavedModelRunner",
+           "TFLiteRunner", "export", "export_keras_file", "export_onnx", "export_saved_model", "export_tflite",
+           "load_exported", "model_metadata", "onnx_operators", "read_metadata", "synthetic_clips",
+           "tflite_operators", "track_chunks"]
 
 
 def export(model, path, format="savedmodel", representative=None, overwrite=False):
@@ -100,6 +102,8 @@ def export(model, path, format="savedmodel", representative=None, overwrite=Fals
             _export_in_tensorflow(model, partial, format, representative)
         elif format == "savedmodel":
             export_saved_model(model, partial)
+        elif format == "onnx":
+            export_onnx(model, partial)
         else:
             export_tflite(model, partial, QUANTIZATIONS[format], representative)
         _remove(path)

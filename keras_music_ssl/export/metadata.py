@@ -48,10 +48,11 @@ def write_metadata_files(folder, meta):
 
 
 def read_metadata(path):
-    """The metadata of an exported model: a SavedModel folder or a ``.tflite`` file."""
+    """The metadata of an exported model: a SavedModel or ONNX folder, or a ``.tflite`` file."""
     path = existing_model_path(path)
-    if (path / "assets.extra" / METADATA_FILE).is_file():
-        return json.loads((path / "assets.extra" / METADATA_FILE).read_text())
+    for beside in (path / "assets.extra" / METADATA_FILE, path / METADATA_FILE):
+        if beside.is_file():
+            return json.loads(beside.read_text())
     if path.is_dir():
         import tensorflow as tf
 
@@ -76,6 +77,18 @@ def existing_model_path(path):
     path = pathlib.Path(path)
     if not path.exists():
         raise FileNotFoundError(f"No exported model at {path}.")
-    if path.is_dir() and not (path / "saved_model.pb").is_file():
-        raise ExportError(f"{path} is a folder but not a SavedModel (no saved_model.pb).")
+    if path.is_dir() and not is_saved_model(path) and not is_onnx_folder(path):
+        raise ExportError(f"{path} is a folder but not a SavedModel (no saved_model.pb) or an ONNX export "
+                          f"(no {ONNX_CLIPS_FILE}).")
     return path
+
+
+ONNX_CLIPS_FILE = "clips.onnx"
+
+
+def is_saved_model(path):
+    return (path / "saved_model.pb").is_file()
+
+
+def is_onnx_folder(path):
+    return (path / ONNX_CLIPS_FILE).is_file()

@@ -1,9 +1,11 @@
-"""Running an exported model from Python: the same interface for a SavedModel folder and a
-``.tflite`` file (``clips(waveforms)``, ``track(waveform)``, ``run(signature, **inputs)``)."""
+"""Running an exported model from Python: the same interface for a SavedModel folder, a
+``.tflite`` file and an ONNX folder (``clips(waveforms)``, ``track(waveform)``,
+``run(signature, **inputs)``)."""
 
 import numpy as np
 
-from keras_music_ssl.export.metadata import ExportError, decode_metadata, existing_model_path, read_metadata
+from keras_music_ssl.export.metadata import (ExportError, decode_metadata, existing_model_path, is_onnx_folder,
+                                             read_metadata)
 from keras_music_ssl.track import require_samples
 
 
@@ -57,7 +59,48 @@ class TFLiteRunner(SavedModelRunner):
         return {name: np.array(value) for name, value in outputs.items()}
 
 
+class OnnxRunner(SavedModelRunner):
+    """Runs an ONNX export folder with onnxruntime (same interface; sessions made on first use).
+
+    Its signatures are those of the other formats: ``embed`` / ``tag`` run ``clips.onnx``,
+    ``embed_track`` / ``tag_track`` run ``track.onnx``.
+    """
+
+    def __init__(self, path, num_threads=None):
+        from keras_music_ssl.export.onnx import FILES, SIGNATURES
+
+        self.path = existing_model_path(path)
+        self.metadata = read_metadata(self.path)
+        self.num_threads = num_threads
+        self._files = {SIGNATURES[self.metadata["kind"]][call]: self.path / file for call, file in FILES.items()}
+        self.signatures = sorted(self._files)
+        self._sessions = {}
+
+    def session(self, signature):
+        if signature not in self._sessions:
+            try:
+                import onnxruntime
+            except ImportError:
+                raise ExportError("Running an ONNX export needs onnxruntime: "
+                                  "pip install 'keras-music-ssl[onnx]'") from None
+            options = onnxruntime.SessionOptions()
+            if self.num_threads:
+                options.intra_op_num_threads = self.num_threads
+            self._sessions[signature] = onnxruntime.InferenceSession(
+                str(self._files[signature]), options, providers=["CPUExecutionProvider"])
+        return self._sessions[signature]
+
+    def run(self, signature, **inputs):
+        session = self.session(signature)
+        names = [output.name for output in session.get_outputs() if output.name != "tags"]
+        outputs = session.run(names, {k: np.asarray(v, np.float32) for k, v in inputs.items()})
+        return dict(zip(names, outputs))
+
+
 def load_exported(path, num_threads=None):
-    """A runner for an exported model: ``SavedModelRunner`` (folder) or ``TFLiteRunner``."""
+    """A runner for an exported model: ``SavedModelRunner`` or ``OnnxRunner`` (folders) or
+    ``TFLiteRunner`` (a file)."""
     path = existing_model_path(path)
-    return SavedModelRunner(path) if path.is_dir() else TFLiteRunner(path, num_threads)
+    if path.is_dir():
+        return OnnxRunner(path, num_threads) if is_onnx_folder(path) else SavedModelRunner(path)
+    return TFLiteRunner(path, num_threads)

@@ -1,0 +1,119 @@
+"""ONNX export: a folder of two standard-opset ONNX models, raw 16 kHz audio in.
+
+    clips.onnx              ``embed`` / ``tag``: ``waveform`` (batch, 64000), any batch
+    track.onnx              ``embed_track`` / ``tag_track``: ``waveform`` (samples,), any length
+    tags.txt, keras_music_ssl.json
+
+ONNX holds one graph per file, hence two files for the two kinds of call the other exports
+serve as signatures (``signatures.py``, the same functions). The frontend is inside both
+graphs with its DFT as a matrix product (``LogMelSpectrogram(dft="matmul")``: tf2onnx cannot
+convert the RFFT of an STFT), so only standard ONNX ops are used and every runtime runs the
+files: onnxruntime (Python, C++, Java, C#), onnxruntime-node and onnxruntime-web.
+
+Tag names travel twice: in ``metadata_props`` (``keras_music_ssl``: the JSON of
+``metadata.model_metadata``; ``tags``: one per line), which onnxruntime's Python, C++,
+Java and C# APIs read, and, for a tagger, as a constant string output ``tags`` of every
+graph, for runtimes that expose no model metadata (onnxruntime-node / -web).
+
+Conversion runs on the TensorFlow backend (tf2onnx, the ``onnx`` extra); ``export()``
+under JAX or PyTorch goes through a ``.keras`` file and a TensorFlow subprocess, as the
+other formats do.
+"""
+
+import json
+import pathlib
+
+from keras_music_ssl.export.metadata import ONNX_CLIPS_FILE, ExportError, model_metadata, write_metadata_files
+from keras_music_ssl.export.signatures import endpoints, require_tensorflow_backend
+
+OPSET = 17
+FILES = {"clips": ONNX_CLIPS_FILE, "track": "track.onnx"}  # kind of call -> file
+SIGNATURES = {"embedder": {"clips": "embed", "track": "embed_track"},
+              "tagger": {"clips": "tag", "track": "tag_track"}}
+INSTALL_HINT = "ONNX export needs the onnx extra: pip install 'keras-music-ssl[onnx]'"
+
+
+def convertible(model):
+    """The same model with the frontend's DFT as a matrix product (no weights change)."""
+    from keras_music_ssl.backbone import MusicEncoder
+    from keras_music_ssl.tagger import MusicTagger
+
+    tagger = isinstance(model, MusicTagger)
+    encoder = model.encoder if tagger else model
+    if encoder.frontend.dft == "matmul":
+        return model
+    config = encoder.get_config()
+    clone = MusicEncoder.from_config({**config, "frontend": {**config["frontend"], "dft": "matmul"}})
+    clone.set_weights(encoder.get_weights())
+    return MusicTagger(clone, model.head) if tagger else clone
+
+
+def export_onnx(model, path):
+    """Write the ONNX folder of an encoder or tagger (TensorFlow backend). Returns ``path``."""
+    require_tensorflow_backend()
+    try:
+        import onnx
+        import tensorflow as tf
+        import tf2onnx
+    except ImportError as error:
+        raise ExportError(f"{INSTALL_HINT} ({error})") from None
+
+    meta = model_metadata(model)
+    functions = endpoints(convertible(model), meta)
+    path = pathlib.Path(path)
+    path.mkdir(parents=True)
+    for call, file in FILES.items():
+        signature = SIGNATURES[meta["kind"]][call]
+        fn, spec = functions[signature]
+        try:
+            proto, _ = tf2onnx.convert.from_function(tf.function(fn), input_signature=spec, opset=OPSET)
+        except Exception as error:  # tf2onnx raises bare ValueError / KeyError on unsupported graphs
+            raise ExportError(f"ONNX conversion of {signature!r} failed: {error}") from error
+        proto = with_metadata(without_unused_opsets(proto), meta, signature)
+        check_standard_ops(proto)
+        onnx.checker.check_model(proto, full_check=True)
+        onnx.save(proto, str(path / file))
+    write_metadata_files(path, meta)
+    return path
+
+
+def without_unused_opsets(proto):
+    """Drop opset imports no node uses (tf2onnx always declares ``ai.onnx.ml``)."""
+    used = {node.domain for node in proto.graph.node} | {""}
+    kept = [entry for entry in proto.opset_import if entry.domain in used]
+    del proto.opset_import[:]
+    proto.opset_import.extend(kept)
+    return proto
+
+
+def with_metadata(proto, meta, signature):
+    """``metadata_props`` and, for a tagger, the constant string output ``tags``."""
+    from onnx import TensorProto, helper
+
+    for key, value in {"keras_music_ssl": json.dumps({**meta, "signature": signature}),
+                       "tags": "\n".join(meta["tags"])}.items():
+        proto.metadata_props.add(key=key, value=value)
+    proto.doc_string = (f"keras_music_ssl {meta['kind']} ({signature}): raw {meta['sample_rate']} Hz mono "
+                        f"float32 waveform in, log-mel frontend inside.")
+    if meta["tags"]:
+        tags = helper.make_tensor("tags_value", TensorProto.STRING, [len(meta["tags"])],
+                                  [tag.encode() for tag in meta["tags"]])
+        proto.graph.node.append(helper.make_node("Constant", [], ["tags"], value=tags, name="tags"))
+        proto.graph.output.append(helper.make_tensor_value_info("tags", TensorProto.STRING, [len(meta["tags"])]))
+    return proto
+
+
+def onnx_operators(proto):
+    """Sorted ``(domain, op_type)`` pairs of a model's graph (``""`` is the standard domain)."""
+    return sorted({(node.domain, node.op_type) for node in proto.graph.node})
+
+
+def check_standard_ops(proto):
+    """Refuse a graph with a custom domain or an op outside the standard ONNX set."""
+    import onnx
+
+    custom = [f"{domain}::{op}" for domain, op in onnx_operators(proto)
+              if domain not in ("", "ai.onnx") or not onnx.defs.has(op)]
+    imports = [entry.domain for entry in proto.opset_import if entry.domain not in ("", "ai.onnx")]
+    if custom or imports:
+        raise ExportError(f"The ONNX graph uses non-standard ops {custom} or opsets {imports}")
