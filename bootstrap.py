@@ -2,7 +2,8 @@
 """Set up a virtual environment for keras-music-ssl and run a command in it (stdlib only).
 
     python3 bootstrap.py quickstart [ARGS...]   # kmssl quickstart ARGS      (installs .[data])
-    python3 bootstrap.py test [ARGS...]         # tests/run_backends.py ARGS (installs .[jax,torch,data,test])
+    python3 bootstrap.py test [ARGS...]         # tests/run_backends.py ARGS (installs .[jax,torch,data,test,onnx,beam]
+                                                #  and, with npm, js/'s onnxruntime-node)
     python3 bootstrap.py test-slow [ARGS...]    # tests/run_backends.py --slow ARGS
     python3 bootstrap.py install                # (re)install everything the tests need, then stop
     python3 bootstrap.py run CMD [ARGS...]      # run CMD (e.g. kmssl, python) from the venv
@@ -52,7 +53,7 @@ TINYSOUNDFONT = "tinysoundfont==0.3.7"
 HEARVALIDATOR = "hearvalidator==2021.0.2"
 
 QUICKSTART_EXTRAS = ("data",)
-TEST_EXTRAS = ("jax", "torch", "data", "test")
+TEST_EXTRAS = ("jax", "torch", "data", "test", "onnx", "beam")
 
 
 def fail(message):
@@ -239,6 +240,31 @@ def install(venv, extras, force=False):
         f.write("\n")
 
 
+def install_node_packages():
+    """``npm ci`` in js/ (onnxruntime-node, pinned by js/package-lock.json) for the Node.js ONNX test.
+
+    ``--ignore-scripts``: the CPU binaries ship inside the npm package; its install script only
+    fetches GPU add-ons from NuGet. Skipped while js/node_modules matches the lock file. Without
+    npm the set-up goes on and that one test is skipped, saying why.
+    """
+    folder = os.path.join(ROOT, "js")
+    with open(os.path.join(folder, "package-lock.json"), "rb") as f:
+        digest = hashlib.sha256(f.read()).hexdigest()
+    stamp = os.path.join(folder, "node_modules", ".kmssl-lock-sha256")
+    if os.path.exists(stamp) and open(stamp).read().strip() == digest:
+        return
+    npm = shutil.which("npm")
+    if npm is None:
+        log("npm not found: the Node.js ONNX test will be skipped (install Node.js 18+ with npm to run it)")
+        return
+    log("installing the Node.js packages of js/ (npm ci)")
+    code = subprocess.call([npm, "ci", "--ignore-scripts", "--no-audit", "--no-fund"], cwd=folder)
+    if code != 0:
+        fail(f"`npm ci` in {folder} failed (exit {code}); see npm's output above")
+    with open(stamp, "w") as f:
+        f.write(digest + "\n")
+
+
 class venv_lock:
     """One bootstrap at a time per venv (a lock file in the temp folder, so nothing lands in the repo)."""
 
@@ -308,6 +334,8 @@ def main(argv):
     with venv_lock(venv):
         ensure_venv(venv)
         install(venv, extras, force=command == "install")
+        if "test" in extras:
+            install_node_packages()
     if target is None:
         log(f"ready: activate with `. {os.path.join(venv_bin(venv), 'activate')}`")
         return 0

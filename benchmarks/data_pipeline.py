@@ -1,9 +1,11 @@
 """Data pipeline throughput beside a training step's consumption rate.
 
     python benchmarks/data_pipeline.py [--tracks 24] [--seconds 60] [--batches 20] [--backend tensorflow]
+    python benchmarks/data_pipeline.py --prepare-only    # only the two `kmssl prepare` rows
 
 Makes a temporary corpus of music-like tracks (44.1 kHz stereo) as FLAC and MP3, prepares TFRecord
-shards from it (`kmssl prepare`, timed), then times `pretraining_dataset` (2 views of 4 s per
+shards from it (`kmssl prepare`, timed, locally and with `--runner beam` on Beam's DirectRunner when
+apache-beam is installed; the same output), then times `pretraining_dataset` (2 views of 4 s per
 track, batch 16) from the shards, straight from each audio folder and through the decoded-audio
 cache (`--audio-cache`: first pass and later passes), and a training step of the
 paper's encoder (`MusicEncoder()`, 2.8 M parameters) with a small two-view loss on a
@@ -20,6 +22,9 @@ import time
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 BATCH, VIEWS = 16, 2
+# Beam's unit of work is a whole shard: 4 tracks per shard make 6 shards of the default 24 tracks
+# for 2 workers, as a real catalog makes thousands (with 8, one of 3 shards runs alone at the end).
+TRACKS_PER_SHARD = 4
 
 
 def make_corpus(folder, tracks, seconds, sample_rate=44100):
@@ -79,6 +84,39 @@ def training_step_seconds(repeats=3):
     return statistics.median(times)
 
 
+def prepare_on_beam(tmp, tracks):
+    """The Beam row: `kmssl prepare --runner beam` with its local defaults (DirectRunner), start-up
+    included; checks that it wrote the local path's files. None without apache-beam."""
+    import filecmp
+
+    try:
+        from keras_music_ssl.data.beam import LOCAL_DEFAULTS, prepare_shards_beam
+    except ImportError:
+        print("apache-beam is not installed (pip install 'keras-music-ssl[beam]'): no Beam row")
+        return None
+    local, out = os.path.join(tmp, "shards"), os.path.join(tmp, "shards-beam")
+    start = time.perf_counter()
+    prepare_shards_beam([os.path.join(tmp, "flac")], out, tracks_per_shard=TRACKS_PER_SHARD)
+    rate = tracks / (time.perf_counter() - start)
+    names = sorted(os.listdir(local))
+    _, mismatch, errors = filecmp.cmpfiles(local, out, names, shallow=False)
+    if mismatch or errors or names != sorted(os.listdir(out)):
+        raise SystemExit(f"the Beam run wrote other files than the local one: {mismatch + errors}")
+    mode = {"multi_threading": "threads", "multi_processing": "processes"}.get(
+        LOCAL_DEFAULTS["direct_running_mode"], LOCAL_DEFAULTS["direct_running_mode"])
+    return f"Beam {LOCAL_DEFAULTS['runner']} ({LOCAL_DEFAULTS['direct_num_workers']} {mode})", rate
+
+
+def print_prepare(rows, args):
+    print(f"\nkmssl prepare, FLAC 44.1 kHz stereo -> 16 kHz shards ({TRACKS_PER_SHARD} tracks per shard); "
+          f"{args.tracks} tracks of {args.seconds:g} s; {os.cpu_count()} CPU cores\n")
+    print(f"| {'runner':<46} | files/s | min of audio/s |")
+    print(f"|{'-' * 48}|--------:|---------------:|")
+    for label, rate in rows:
+        print(f"| {label:<46} | {rate:7.1f} | {rate * args.seconds / 60:14.1f} |")
+    print()
+
+
 def main():
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--tracks", type=int, default=24)
@@ -86,19 +124,29 @@ def main():
     parser.add_argument("--batches", type=int, default=10, help="batches timed per pipeline")
     parser.add_argument("--backend", default=os.environ.get("KERAS_BACKEND", "tensorflow"))
     parser.add_argument("--skip-training", action="store_true", help="only the pipelines")
+    parser.add_argument("--prepare-only", action="store_true", help="only the prepare rows")
     args = parser.parse_args()
     os.environ["KERAS_BACKEND"] = args.backend
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
     sys.path.insert(0, ROOT)
     from keras_music_ssl.data.pipelines import pretraining_dataset, track_dataset
+    from keras_music_ssl.data.parallel import default_workers
     from keras_music_ssl.data.prepare import prepare_shards
 
-    rows = []
+    rows, prepare_rows = [], []
     with tempfile.TemporaryDirectory() as tmp:
         make_corpus(tmp, args.tracks, args.seconds)
         start = time.perf_counter()
-        prepare_shards([os.path.join(tmp, "flac")], os.path.join(tmp, "shards"), tracks_per_shard=8, progress=False)
-        prepare_rate = args.tracks / (time.perf_counter() - start)
+        prepare_shards([os.path.join(tmp, "flac")], os.path.join(tmp, "shards"), tracks_per_shard=TRACKS_PER_SHARD,
+                       progress=False)
+        prepare_rows.append((f"local (`kmssl prepare`, {default_workers()} processes)",
+                             args.tracks / (time.perf_counter() - start)))
+        beam_row = prepare_on_beam(tmp, args.tracks)
+        if beam_row:
+            prepare_rows.append(beam_row)
+        if args.prepare_only:
+            print_prepare(prepare_rows, args)
+            return 0
         for label, source, per_track in [("prepared shards (TFRecord int16)", "shards", 1),
                                          ("FLAC folder (decode + resample)", "flac", 1),
                                          ("MP3 folder (decode + resample)", "mp3", 1),
@@ -116,8 +164,7 @@ def main():
 
     print(f"\nData pipeline, batches of ({BATCH}, {VIEWS}, 64000); {args.tracks} tracks of {args.seconds:g} s, "
           f"44.1 kHz stereo; {os.cpu_count()} CPU cores; backend {args.backend}\n")
-    print(f"kmssl prepare (FLAC -> shards, all cores): {prepare_rate:.1f} tracks/s "
-          f"({prepare_rate * args.seconds / 60:.1f} min of audio per second)\n")
+    print_prepare(prepare_rows, args)
     print(f"| {'source':<46} | views/s | batches/s | x training step |")
     print(f"|{'-' * 48}|--------:|----------:|----------------:|")
     for label, rate in rows:

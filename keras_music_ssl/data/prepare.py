@@ -24,6 +24,12 @@ Resuming: finished shards are skipped without decoding anything (their recorded 
 equal the current input list, else the run stops with an error). Shards and indexes are written
 to a temporary file and renamed, so a killed run never leaves a partial shard that looks done,
 and the final files equal an uninterrupted run's byte for byte.
+
+The steps are separate functions so that another engine runs the same ones
+(``data/beam.py``): :func:`prepare_settings`, :func:`open_prepared` (check the folder, list the
+entries), :func:`iter_shard_inputs` + :func:`shard_finished` (which shards are left),
+:func:`prepare_shard` (decode and write one shard) and :func:`finish_prepared` (the indexes
+and the report, from the shard files).
 """
 
 import csv
@@ -34,6 +40,7 @@ import io
 import itertools
 import json
 import os
+import uuid
 
 import numpy as np
 
@@ -141,8 +148,14 @@ def _shard_path(out, k, ext):
     return os.path.join(out, f"shard-{k:05d}.{ext}")
 
 
+def _tmp_path(path):
+    # pid and a random part: two attempts at the same shard (a distributed engine retries or
+    # runs a straggler twice, maybe on two hosts with the same pid) never share a temporary file.
+    return f"{path}.tmp-{os.getpid()}-{uuid.uuid4().hex[:8]}"
+
+
 def _atomic_write(path, data):
-    tmp = f"{path}.tmp-{os.getpid()}"
+    tmp = _tmp_path(path)
     with open(tmp, "wb") as f:
         f.write(data if isinstance(data, bytes) else data.encode("utf-8"))
     os.replace(tmp, path)
@@ -160,8 +173,8 @@ def _json_text(obj):
     return json.dumps(obj, indent=1, sort_keys=True) + "\n"
 
 
-def _check_settings(out, settings):
-    path = os.path.join(out, "prepare.json")
+def _check_settings(out, settings, name="prepare.json"):
+    path = os.path.join(out, name)
     if os.path.exists(path):
         with open(path) as f:
             previous = json.load(f)
@@ -172,9 +185,10 @@ def _check_settings(out, settings):
         _atomic_write(path, _json_text(settings))
 
 
-def _finished(out, k, inputs):
-    """True if shard k is done; raises if it was made from other inputs."""
-    index_path, shard = _shard_path(out, k, "json"), _shard_path(out, k, "tfrecord")
+def shard_finished(out, k, inputs, ext="tfrecord"):
+    """True if shard k (``shard-k.json`` and ``shard-k.<ext>``) is done; raises if it was made
+    from other inputs."""
+    index_path, shard = _shard_path(out, k, "json"), _shard_path(out, k, ext)
     if not (os.path.exists(index_path) and os.path.exists(shard)):
         return False
     with open(index_path) as f:
@@ -192,7 +206,7 @@ class _ShardWriter:
         import tensorflow as tf
 
         self.out, self.k, self.inputs = out, k, inputs
-        self.tmp = f"{_shard_path(out, k, 'tfrecord')}.tmp-{os.getpid()}"
+        self.tmp = _tmp_path(_shard_path(out, k, "tfrecord"))
         self.writer = tf.io.TFRecordWriter(self.tmp)
         self.tracks, self.skipped = [], []
 
@@ -208,6 +222,17 @@ class _ShardWriter:
         os.replace(self.tmp, _shard_path(self.out, self.k, "tfrecord"))
         index = {"shard": self.k, "inputs": self.inputs, "tracks": self.tracks, "skipped": self.skipped}
         _atomic_write(_shard_path(self.out, self.k, "json"), _json_text(index))
+        return index
+
+
+def prepare_shard(out, k, entries, sample_rate=SAMPLE_RATE, min_duration=MIN_DURATION, max_duration=MAX_DURATION):
+    """Decode shard k's ``entries`` (``(path, meta)`` pairs) in order with :func:`prepare_file`
+    and write the shard; return its index (the content of ``shard-k.json``). One track in
+    memory at a time."""
+    writer = _ShardWriter(out, k, [path for path, _ in entries])
+    for path, meta in entries:
+        writer.add(prepare_file(path, meta, sample_rate, min_duration, max_duration))
+    return writer.commit()
 
 
 def _work_item(item, **settings):
@@ -241,6 +266,42 @@ def _write_summary(out, num_shards, settings):
     return report
 
 
+def finish_prepared(out, num_shards, settings):
+    """After every shard of the current sources (``num_shards``) is written: refuse a folder that
+    holds more, write ``index.csv``, ``skipped.csv`` and ``report.json``; return the report."""
+    if os.path.exists(_shard_path(out, num_shards, "json")):
+        raise ValueError(f"{out} holds more shards than the current sources fill (from shard {num_shards}): "
+                         "the input list shrank since the first run; use another --out folder")
+    return _write_summary(out, num_shards, settings)
+
+
+def prepare_settings(tracks_per_shard=TRACKS_PER_SHARD, sample_rate=SAMPLE_RATE, min_duration=MIN_DURATION,
+                     max_duration=MAX_DURATION):
+    """The settings a prepared folder records in ``prepare.json`` (a rerun must match them)."""
+    if tracks_per_shard < 1:
+        raise ValueError("tracks_per_shard must be >= 1")
+    return {"format": FORMAT_VERSION, "sample_rate": int(sample_rate), "tracks_per_shard": int(tracks_per_shard),
+            "min_duration": float(min_duration), "max_duration": float(max_duration or 0)}
+
+
+def open_prepared(sources, out, settings):
+    """Check the sources and the folder ``out`` (made if missing, its settings checked, temporary
+    files of a killed run removed); return the lazy iterator of ``(path, meta)`` entries."""
+    entries = iter_sources(sources)
+    os.makedirs(out, exist_ok=True)
+    _check_settings(out, settings)
+    for stale in glob.glob(os.path.join(out, "*.tmp-*")):  # left by a killed run
+        os.remove(stale)
+    return entries
+
+
+def iter_shard_inputs(entries, tracks_per_shard):
+    """``(k, entries of shard k)`` for k = 0, 1, ...: consecutive runs of ``tracks_per_shard``
+    entries, read lazily."""
+    chunks = iter(lambda: list(itertools.islice(entries, tracks_per_shard)), [])
+    return enumerate(chunks)
+
+
 def prepare_shards(sources, out, tracks_per_shard=TRACKS_PER_SHARD, workers=None, sample_rate=SAMPLE_RATE,
                    min_duration=MIN_DURATION, max_duration=MAX_DURATION, progress=True):
     """Decode ``sources`` into ``tracks_per_shard``-entry TFRecord shards in ``out``; return the report.
@@ -251,26 +312,17 @@ def prepare_shards(sources, out, tracks_per_shard=TRACKS_PER_SHARD, workers=None
     from tqdm.auto import tqdm
 
     out = os.fspath(out)
-    if tracks_per_shard < 1:
-        raise ValueError("tracks_per_shard must be >= 1")
-    settings = {"format": FORMAT_VERSION, "sample_rate": int(sample_rate), "tracks_per_shard": int(tracks_per_shard),
-                "min_duration": float(min_duration), "max_duration": float(max_duration or 0)}
-    entries = iter_sources(sources)
-    os.makedirs(out, exist_ok=True)
-    _check_settings(out, settings)
-    for stale in glob.glob(os.path.join(out, "*.tmp-*")):  # left by a killed run
-        os.remove(stale)
-
-    chunks = iter(lambda: list(itertools.islice(entries, tracks_per_shard)), [])
+    settings = prepare_settings(tracks_per_shard, sample_rate, min_duration, max_duration)
+    entries = open_prepared(sources, out, settings)
     bar = tqdm(desc="prepare", unit="file", disable=not progress)
     num_shards, shard_inputs = 0, {}  # unfinished shard -> its input paths, as the entries are read
 
     def todo():  # the work items of unfinished shards; finished shards only advance the bar
         nonlocal num_shards
-        for k, chunk in enumerate(chunks):
+        for k, chunk in iter_shard_inputs(entries, tracks_per_shard):
             num_shards = k + 1
             inputs = [path for path, _ in chunk]
-            if _finished(out, k, inputs):
+            if shard_finished(out, k, inputs):
                 bar.update(len(chunk))
                 continue
             shard_inputs[k] = inputs
@@ -290,7 +342,4 @@ def prepare_shards(sources, out, tracks_per_shard=TRACKS_PER_SHARD, workers=None
             writer.commit()
             del shard_inputs[k]
     bar.close()
-    if os.path.exists(_shard_path(out, num_shards, "json")):
-        raise ValueError(f"{out} holds more shards than the current sources fill (from shard {num_shards}): "
-                         "the input list shrank since the first run; use another --out folder")
-    return _write_summary(out, num_shards, settings)
+    return finish_prepared(out, num_shards, settings)
