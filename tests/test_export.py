@@ -323,7 +323,7 @@ def test_export_refuses_other_models_and_existing_paths(tagger, tmp_path):
         export(tagger, tmp_path / "taken.tflite", "tflite")
     assert (tmp_path / "taken.tflite").read_bytes() == b"keep me"
     with pytest.raises(ValueError, match="format"):
-        export(tagger, tmp_path / "y", "onnx")
+        export(tagger, tmp_path / "y", "coreml")
 
 
 # --------------------------------------------------------------------------- full size (slow)
@@ -334,15 +334,16 @@ def full_size(tmp_path_factory):
     """The paper-size tagger (2.8 M-parameter encoder) in every format."""
     tagger = make_tagger(seed=1, config={})
     root = tmp_path_factory.mktemp("full")
-    return tagger, {fmt: export(tagger, root / (fmt if fmt == "savedmodel" else f"{fmt}.tflite"), fmt)
+    return tagger, {fmt: export(tagger, root / (f"{fmt}.tflite" if fmt.startswith("tflite") else fmt), fmt)
                     for fmt in FORMATS}
 
 
 @pytest.mark.slow
-def test_full_size_savedmodel_matches_keras_on_clips_and_tracks(full_size):
+@pytest.mark.parametrize("fmt", ["savedmodel", "onnx"])
+def test_full_size_savedmodel_and_onnx_match_keras_on_clips_and_tracks(full_size, fmt):
     tagger, paths = full_size
-    runner = load_exported(paths["savedmodel"])
-    clips = varied_clips(12, seed=51)
+    runner = load_exported(paths[fmt])
+    clips = np.concatenate([varied_clips(12, seed=51), hard_inputs()])
     np.testing.assert_allclose(runner.clips(clips)["probabilities"], tagger.predict(clips, verbose=0),
                                atol=1e-4, rtol=0)
     for name, x in tracks().items():
