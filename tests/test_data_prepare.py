@@ -120,18 +120,29 @@ def test_rerun_skips_finished_shards_without_decoding(prepared_broken, tmp_path,
     same_tree(out, tmp_path)
 
 
-def test_other_settings_or_changed_inputs_are_refused(tmp_path):
+@pytest.mark.parametrize("runner", ["local", "beam"])
+def test_other_settings_or_changed_inputs_are_refused(tmp_path, runner):
+    """A rerun on a folder made from other settings or inputs is refused, by either runner."""
     src = tmp_path / "src"
     src.mkdir()
     for i in range(4):
         sf.write(src / f"{i}.wav", music_like(16000, 1.2, seed=i), 16000)
     out = tmp_path / "out"
     prepare_shards([src], out, tracks_per_shard=2, workers=0, min_duration=1.0, progress=False)
+    if runner == "beam":
+        beam = pytest.importorskip("keras_music_ssl.data.beam", reason="the beam extra is not installed")
+
+        def rerun(**settings):
+            return beam.prepare_shards_beam([src], out, min_duration=1.0, **settings)
+    else:
+        def rerun(**settings):
+            return prepare_shards([src], out, workers=0, min_duration=1.0, progress=False, **settings)
     with pytest.raises(ValueError, match="other settings"):
-        prepare_shards([src], out, tracks_per_shard=3, workers=0, min_duration=1.0, progress=False)
+        rerun(tracks_per_shard=3)
     sf.write(src / "0b.wav", music_like(16000, 1.2), 16000)  # shifts every later entry
     with pytest.raises(ValueError, match="other input files"):
-        prepare_shards([src], out, tracks_per_shard=2, workers=0, min_duration=1.0, progress=False)
+        rerun(tracks_per_shard=2)
+    assert not list(out.glob("*.tmp-*"))  # nor a temporary file (Beam's work list) left behind
 
 
 def test_cli_exit_status_and_summary(tmp_path, capsys):
