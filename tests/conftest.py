@@ -42,3 +42,12 @@ TINY_ENCODER = dict(width=4, layers=(1, 1, 1, 1), heads=2, output_dim=32)
 @pytest.fixture
 def tiny_encoder_config():
     return dict(TINY_ENCODER)
+
+
+@pytest.fixture(scope="module")
+def broken(tmp_path_factory):
+    """A folder of good and bad audio files and what each should give (``test_data_audio``'s corpus)."""
+    from test_data_audio import make_broken_corpus
+
+    folder = tmp_path_factory.mktemp("broken")
+    return folder, make_broken_corpus(folder)

@@ -23,7 +23,7 @@ from keras_music_ssl.data.audio import load_audio
 from keras_music_ssl.data.prepare import prepare_shards
 from keras_music_ssl.data.tfrecord import parse_track
 from keras_music_ssl.embed import embed_files, expand_audio_paths
-from test_data_audio import make_broken_corpus, music_like
+from test_data_audio import music_like
 from test_data_prepare import same_tree
 
 needs_beam = pytest.mark.skipif(importlib.util.find_spec("apache_beam") is None,
@@ -40,12 +40,6 @@ def shard_records(folder, k):
 def read_csv(path):
     with open(path, newline="") as f:
         return list(csv.DictReader(f))
-
-
-@pytest.fixture(scope="module")
-def broken(tmp_path_factory):
-    folder = tmp_path_factory.mktemp("broken")
-    return folder, make_broken_corpus(folder)
 
 
 @pytest.fixture(scope="module")

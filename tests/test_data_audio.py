@@ -67,12 +67,6 @@ def make_broken_corpus(folder):
     }
 
 
-@pytest.fixture(scope="module")
-def broken(tmp_path_factory):
-    folder = tmp_path_factory.mktemp("broken")
-    return folder, make_broken_corpus(folder)
-
-
 def librosa_reference(path, sample_rate=16000):
     y, _ = librosa.load(path, sr=sample_rate, mono=True, res_type="soxr_hq", dtype=np.float32)
     return y / np.max(np.abs(y))

@@ -19,7 +19,7 @@ from keras_music_ssl.data import prepare as prepare_module
 from keras_music_ssl.data.audio import load_audio
 from keras_music_ssl.data.prepare import iter_sources, prepare_shards
 from keras_music_ssl.data.tfrecord import list_shards, parse_track, track_id
-from test_data_audio import make_broken_corpus, music_like
+from test_data_audio import music_like
 
 pytestmark = pytest.mark.backend_independent
 
@@ -39,12 +39,6 @@ def same_tree(a, b):
     assert names == sorted(os.listdir(b))
     match, mismatch, errors = filecmp.cmpfiles(a, b, names, shallow=False)
     assert not mismatch and not errors, (mismatch, errors)
-
-
-@pytest.fixture(scope="module")
-def broken(tmp_path_factory):
-    folder = tmp_path_factory.mktemp("broken")
-    return folder, make_broken_corpus(folder)
 
 
 @pytest.fixture(scope="module")
