@@ -9,17 +9,28 @@ in a process that only ran ``import keras_music_ssl``. Data workers fork
 
 import importlib
 
-__version__ = "0.4.3"
+__version__ = "0.5.0"
 
-from keras_music_ssl.backbone import AttentionPool2D, Bottleneck, ModifiedResNet, MusicEncoder  # noqa: E402
-from keras_music_ssl.frontend import LogMelSpectrogram  # noqa: E402
+from keras_music_ssl.errors import KmsslError, backend_problem  # noqa: E402
 
-# Imported for their registrations. None of them reads a name from this half-initialised
-# package (they import submodules by their full path), so no import cycle can bite.
-for _module in ("heads", "tagger", "schedules", "pretext", "probe.baselines"):
-    importlib.import_module(f"{__name__}.{_module}")
-del _module
+_BACKEND_PROBLEM = backend_problem()
+if _BACKEND_PROBLEM is None:  # else Keras cannot load: `kmssl` says why in one line, attributes raise
+    from keras_music_ssl.backbone import AttentionPool2D, Bottleneck, ModifiedResNet, MusicEncoder
+    from keras_music_ssl.frontend import LogMelSpectrogram
 
-from keras_music_ssl.train import pretrain  # noqa: E402  (numpy-free at import; Keras is loaded above)
+    # Imported for their registrations. None of them reads a name from this half-initialised
+    # package (they import submodules by their full path), so no import cycle can bite.
+    for _module in ("heads", "tagger", "schedules", "pretext", "probe.baselines"):
+        importlib.import_module(f"{__name__}.{_module}")
+    del _module
+
+    from keras_music_ssl.train import pretrain  # (numpy-free at import; Keras is loaded above)
+
 
 __all__ = ["AttentionPool2D", "Bottleneck", "LogMelSpectrogram", "ModifiedResNet", "MusicEncoder", "pretrain"]
+
+
+def __getattr__(name):
+    if _BACKEND_PROBLEM is not None and not name.startswith("__"):
+        raise KmsslError(_BACKEND_PROBLEM)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -9,9 +9,13 @@ harness's report) and the comparison: ``comparison.json``, ``comparison.md``,
 ``comparison.png`` (test macro ROC-AUC with its 95 % bootstrap interval, floors as lines) and
 ``pretraining.png`` (the collapse monitor's effective rank per epoch). Resumable: finished runs
 are not retrained and finished probes are not refitted.
+
+Every option, ``out`` and the probe dataset (loaded, with a scorable valid and test split) are
+checked before the first pretraining step: a mistake costs seconds, not a pretraining per
+method. ``out`` is locked for the run; its files are written atomically, as strict JSON.
 """
 
-import json
+import math
 import os
 
 FLOORS = ("random", "logmel-stats")
@@ -23,9 +27,13 @@ def compare(out, methods=None, probe_dataset=None, protocol="paper", bootstrap=5
     ``PretrainConfig`` but ``method``), probe them on ``probe_dataset`` (default: the rendered
     dataset the runs trained on; ``probe_options`` go to ``run_probe``, e.g. ``epochs``) and write
     the comparison; returns it as a dict."""
+    from keras_music_ssl import storage
     from keras_music_ssl.backbone import MusicEncoder
     from keras_music_ssl.pretext import METHODS
-    from keras_music_ssl.probe import run_probe
+    from keras_music_ssl.probe.datasets import ProbeData, load_probe_dataset
+    from keras_music_ssl.probe.fractions import DRAWS
+    from keras_music_ssl.probe.harness import check_options, check_scorable, run_probe
+    from keras_music_ssl.probe.probe import protocol_settings
     from keras_music_ssl.train import PretrainConfig, PretrainError, pretrain
 
     methods = list(methods or METHODS)
@@ -35,6 +43,15 @@ def compare(out, methods=None, probe_dataset=None, protocol="paper", bootstrap=5
     if "method" in settings:
         raise PretrainError("compare takes methods=[...], not method=")
     base = PretrainConfig(**settings)  # checks the settings once, before any training
+    out = os.fspath(out)
+    storage.check_output(out, "folder")
+    probe_options = dict(probe_options or {})
+    protocol_settings(protocol)
+    check_options(bootstrap, probe_options.get("draws", DRAWS), probe_options.get("fractions"),
+                  probe_options.get("epochs"), probe_options.get("embed_batch_size", 32),
+                  options={"epochs": "--probe-epochs"})
+    if probe_options.get("cache_dir"):
+        storage.check_output(probe_options["cache_dir"], "folder", "--cache-dir")
     if probe_dataset is None:
         if base.data is not None:
             raise PretrainError("with your own data, say which labeled dataset to probe on (probe_dataset / "
@@ -42,33 +59,49 @@ def compare(out, methods=None, probe_dataset=None, protocol="paper", bootstrap=5
         from keras_music_ssl.data.embedded import embedded_dataset
 
         probe_dataset = embedded_dataset(base.dataset_size, base.seed, data_dir).root
+    # Loaded and checked now: a dataset that cannot be probed must not cost a pretraining per method.
+    probe_data = probe_dataset if isinstance(probe_dataset, ProbeData) else load_probe_dataset(
+        probe_dataset, probe_options.pop("audio_dir", None))
+    check_scorable(probe_data)
 
-    runs = {}
-    for i, method in enumerate(methods, 1):
-        print(f"[{i}/{len(methods)}] pretraining {method}", flush=True)
-        runs[method] = pretrain(os.path.join(out, "runs", method), data_dir=data_dir, verbose=verbose,
-                                method=method, **settings)
-    print(f"probing {', '.join(methods)} and the floors on {probe_dataset}", flush=True)
-    models = [(m, MusicEncoder.from_preset(runs[m]["preset"])) for m in methods] + ["random"]
-    results = run_probe(probe_dataset, models, os.path.join(out, "probe"), protocol=protocol,
-                        bootstrap=bootstrap, seed=base.seed, progress=bool(verbose), **(probe_options or {}))
+    os.makedirs(out, exist_ok=True)
+    with storage.locked(out):
+        storage.clean_partials(out)
+        runs = {}
+        for i, method in enumerate(methods, 1):
+            print(f"[{i}/{len(methods)}] pretraining {method}", flush=True)
+            runs[method] = pretrain(os.path.join(out, "runs", method), data_dir=data_dir, verbose=verbose,
+                                    method=method, **settings)
+        print(f"probing {', '.join(methods)} and the floors on {probe_data.name}", flush=True)
+        models = [(m, MusicEncoder.from_preset(runs[m]["preset"])) for m in methods] + ["random"]
+        results = run_probe(probe_data, models, os.path.join(out, "probe"), protocol=protocol,
+                            bootstrap=bootstrap, seed=base.seed, progress=bool(verbose), **probe_options)
+        return _write_comparison(out, methods, base, protocol, bootstrap, runs, results)
+
+
+def _finite(value):
+    """A pretraining statistic for the table, or None where it is missing or not finite (a
+    collapsed run's NaN effective rank must not make the comparison unwritable as strict JSON)."""
+    return value if value is not None and math.isfinite(value) else None
+
+
+def _write_comparison(out, methods, base, protocol, bootstrap, runs, results):
+    from keras_music_ssl import storage
 
     rows = []
     for name, result in results["models"].items():
         test = result["test"]
         run = runs.get(name, {})
         rows.append({"model": name, "pretrain_seconds": run.get("fit_seconds"), "steps": run.get("steps"),
-                     "final_loss": run.get("final", {}).get("loss"),
-                     "effective_rank": run.get("final", {}).get("val_effective_rank"),
+                     "final_loss": _finite(run.get("final", {}).get("loss")),
+                     "effective_rank": _finite(run.get("final", {}).get("val_effective_rank")),
                      "roc_auc": test["roc_auc_macro"]["point"], "roc_auc_ci95": test["roc_auc_macro"]["ci95"],
                      "pr_auc": test["pr_auc_macro"]["point"], "pr_auc_ci95": test["pr_auc_macro"]["ci95"]})
     comparison = {"settings": {k: v for k, v in base.to_dict().items() if k != "method"}, "methods": methods,
                   "probe_dataset": results["dataset"], "protocol": protocol, "bootstrap": bootstrap,
                   "tracks": results["models"][methods[0]]["tracks"], "rows": rows}
-    with open(os.path.join(out, "comparison.json"), "w") as f:
-        json.dump(comparison, f, indent=2)
-    with open(os.path.join(out, "comparison.md"), "w") as f:
-        f.write(comparison_table(comparison) + "\n")
+    storage.write_json(os.path.join(out, "comparison.json"), comparison)
+    storage.write_text(os.path.join(out, "comparison.md"), comparison_table(comparison) + "\n")
     _figures(out, comparison, runs)
     return comparison
 
@@ -96,6 +129,7 @@ def _figures(out, comparison, runs):
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
+    from keras_music_ssl.probe.report import save_figure
     from keras_music_ssl.train import _read_history
 
     rows = [r for r in comparison["rows"] if r["model"] not in FLOORS]
@@ -114,8 +148,7 @@ def _figures(out, comparison, runs):
     ax.set_title(f"{os.path.basename(os.path.normpath(comparison['probe_dataset']))}: {comparison['protocol']} probe")
     ax.legend(loc="lower right", fontsize=8)
     fig.tight_layout()
-    fig.savefig(os.path.join(out, "comparison.png"), dpi=120)
-    plt.close(fig)
+    save_figure(fig, os.path.join(out, "comparison.png"))
 
     fig, ax = plt.subplots(figsize=(5, 3.5))
     for method, run in runs.items():
@@ -128,5 +161,4 @@ def _figures(out, comparison, runs):
     ax.set_title("collapse monitor")
     ax.legend(fontsize=8)
     fig.tight_layout()
-    fig.savefig(os.path.join(out, "pretraining.png"), dpi=120)
-    plt.close(fig)
+    save_figure(fig, os.path.join(out, "pretraining.png"))

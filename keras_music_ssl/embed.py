@@ -15,7 +15,6 @@ A file that cannot be used is skipped with its reason, never fatal.
 
 import collections
 import itertools
-import os
 import pathlib
 import time
 from concurrent.futures import ThreadPoolExecutor
@@ -23,13 +22,15 @@ from typing import NamedTuple
 
 import numpy as np
 
+from keras_music_ssl import storage
+from keras_music_ssl.errors import KmsslError
 from keras_music_ssl.data.audio import MAX_DURATION, AudioError, is_audio_path, load_audio
 from keras_music_ssl.inference import padded_size
 from keras_music_ssl.track import UnusableTrack, chunk_waveform, peak_normalize  # noqa: F401
 
 
-class ResumeMismatchError(ValueError):
-    """``--resume`` onto an .npz written with another preset."""
+class ResumeMismatchError(KmsslError, ValueError):
+    """``--resume`` onto an .npz written with other weights, or an output that cannot be continued."""
 
 
 class Embeddings(NamedTuple):
@@ -203,40 +204,67 @@ def expand_audio_paths(paths):
 
 def save_embeddings(out, embeddings, paths, **extra):
     """Write an .npz (``embeddings``, ``paths`` + string ``extra``) atomically."""
-    out = pathlib.Path(out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    partial = out.with_name(f".{out.name}.partial")
     arrays = {key: np.asarray(value) for key, value in extra.items()}
-    with open(partial, "wb") as f:  # a file object: np.savez would append ".npz" to a name
+    with storage.atomic_write(out, "wb") as f:  # a file object: np.savez would append ".npz" to a name
         np.savez(f, embeddings=np.asarray(embeddings, np.float32),
-                 paths=np.asarray(list(paths), dtype=str), **arrays)
-    os.replace(partial, out)
+                 paths=np.asarray(list(paths), dtype=str), **arrays)  # non-UTF-8 names round-trip
 
 
 def load_embeddings(path):
-    """``(embeddings (N, D), paths list, {other arrays})`` from an .npz written here."""
-    with np.load(path, allow_pickle=False) as data:
-        extra = {key: data[key] for key in data.files if key not in ("embeddings", "paths")}
-        return data["embeddings"], [str(p) for p in data["paths"]], extra
+    """``(embeddings (N, D), paths list, {other arrays})`` from an .npz written here.
+
+    A file that is not such an .npz (damaged, cut short, something else) raises
+    ``storage.StorageError`` in one line."""
+    import zipfile
+
+    try:
+        with np.load(path, allow_pickle=False) as data:
+            extra = {key: data[key] for key in data.files if key not in ("embeddings", "paths")}
+            embeddings, paths = data["embeddings"], [str(p) for p in data["paths"]]
+    except (OSError, ValueError, KeyError, EOFError, zipfile.BadZipFile, AttributeError) as error:
+        if isinstance(error, FileNotFoundError):
+            raise
+        raise storage.StorageError(f"{path} is not a readable embeddings file ({type(error).__name__}: "
+                                   f"{str(error).splitlines()[0] if str(error) else ''}); remove it or "
+                                   "choose another output") from None
+    if embeddings.ndim != 2 or len(embeddings) != len(paths):
+        raise storage.StorageError(f"{path}: embeddings {embeddings.shape} do not match {len(paths)} paths")
+    return embeddings, paths, extra
 
 
 def embed_to_file(encoder, paths, out, batch_size=32, resume=False, save_every=300.0,
-                  preset="", progress=True, max_duration=MAX_DURATION):
+                  preset="", progress=True, max_duration=MAX_DURATION, overwrite=False):
     """``embed_files`` that writes ``out`` (.npz) as it goes, so that a long run can resume.
 
     ``out`` is rewritten (atomically) at most every ``save_every`` seconds and at the end;
     time-based, because each write holds every row so far. With ``resume``, files already
-    in ``out`` (from the same ``preset``) are not embedded again. Rows follow the input
-    order. Returns the ``Embeddings`` of all input files.
+    in ``out`` are not embedded again; the .npz records the fingerprint of the encoder's
+    weights (``storage.weights_fingerprint``), and a resume with other weights is refused,
+    whatever the preset is called. An existing ``out`` is replaced only with ``overwrite``.
+    One process at a time writes ``out`` (a lock beside it). Rows follow the input order.
+    Returns the ``Embeddings`` of all input files.
     """
-    paths = [str(p) for p in paths]
+    out = storage.check_output(out, "file")
+    if out.exists() and not (resume or overwrite):
+        raise ResumeMismatchError(f"{out} exists: --resume to continue it, --overwrite to replace it, "
+                                  "or choose another --out")
+    with storage.locked(out, folder=False):
+        return _embed_to_file(encoder, [str(p) for p in paths], out, batch_size, resume, save_every, preset,
+                              progress, max_duration)
+
+
+def _embed_to_file(encoder, paths, out, batch_size, resume, save_every, preset, progress, max_duration):
+    fingerprint = storage.weights_fingerprint(encoder)
     done = {}
-    if resume and pathlib.Path(out).is_file():
+    if resume and out.is_file():
         old, old_paths, extra = load_embeddings(out)
-        stored = str(extra.get("preset", ""))
-        if preset and stored and stored != preset:
-            raise ResumeMismatchError(f"{out} holds embeddings from preset {stored!r}, not "
-                                      f"{preset!r}: refusing to mix them (choose another --out).")
+        stored = str(extra.get("fingerprint", ""))
+        if stored != fingerprint:
+            written = f"preset {str(extra['preset'])!r}" if str(extra.get("preset", "")) else "another model"
+            raise ResumeMismatchError(
+                f"{out} holds embeddings of other weights ({written}, "
+                + (f"fingerprint {stored[:12]}" if stored else "no weights fingerprint: written before 0.5")
+                + f"; these weights are {fingerprint[:12]}): refusing to mix them (choose another --out)")
         done = dict(zip(old_paths, old))
     last_save = time.monotonic()
 
@@ -244,7 +272,7 @@ def embed_to_file(encoder, paths, out, batch_size=32, resume=False, save_every=3
         kept = [p for p in paths if p in done]
         rows = np.stack([done[p] for p in kept]) if kept else None
         if kept:
-            save_embeddings(out, rows, kept, preset=preset)
+            save_embeddings(out, rows, kept, preset=preset, fingerprint=fingerprint)
         return rows, kept
 
     def record(path, embedding, reason):

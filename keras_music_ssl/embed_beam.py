@@ -5,7 +5,9 @@ The same inputs (``embed.expand_audio_paths``), the same track contract and batc
 chunks across files) and so the same numbers as ``kmssl embed``, written as shards so that a
 catalog of millions of files is spread over many workers and a rerun resumes:
 
-    embed.json          the settings (preset, files per shard, max duration); a rerun must match
+    embed.json          the settings (preset, the fingerprint of its weights, files per shard, max
+                        duration); a rerun must match, so other weights under the same preset
+                        name are refused, not mixed in
     shard-00000.npz     the embedded files among inputs 0..N-1: ``embeddings`` (n, D) float32,
                         ``paths`` (n,), ``num_chunks`` (n,) int64, ``preset`` (what
                         ``embed.load_embeddings`` reads)
@@ -22,13 +24,13 @@ array in input order. Inputs, the preset and the output folder must be paths eve
 
 import csv
 import glob
-import json
 import os
 
 import apache_beam as beam
 import numpy as np
 from apache_beam.metrics.metric import Metrics
 
+from keras_music_ssl import storage
 from keras_music_ssl.data import prepare
 from keras_music_ssl.data.audio import MAX_DURATION
 from keras_music_ssl.data.beam import read_and_spread, pipeline_options, run_pipeline, work_list
@@ -61,15 +63,12 @@ def embed_shard(encoder, out, k, paths, batch_size=32, max_duration=MAX_DURATION
         kept.append(path)
         chunks.append(len(outputs))
     embeddings = np.stack(rows) if rows else np.zeros((0, _output_dim(encoder)), np.float32)
-    shard = prepare._shard_path(out, k, "npz")
-    tmp = prepare._tmp_path(shard)
-    with open(tmp, "wb") as f:  # a file object: np.savez would append ".npz" to the name
+    with storage.atomic_write(prepare.shard_path(out, k, "npz"), "wb") as f:  # np.savez would append ".npz" to a name
         np.savez(f, embeddings=embeddings.astype(np.float32), paths=np.asarray(kept, dtype=str),
                  num_chunks=np.asarray(chunks, np.int64), preset=np.asarray(preset))
-    os.replace(tmp, shard)
     index = {"shard": k, "inputs": list(paths), "embedded": len(kept), "chunks": int(sum(chunks)),
              "skipped": skipped}
-    prepare._atomic_write(prepare._shard_path(out, k, "json"), prepare._json_text(index))
+    storage.write_text(prepare.shard_path(out, k, "json"), prepare.json_text(index))
     return index
 
 
@@ -95,14 +94,13 @@ class EmbedShard(beam.DoFn):
 
 
 def _write_summary(out, num_shards, settings):
-    if os.path.exists(prepare._shard_path(out, num_shards, "json")):
+    if os.path.exists(prepare.shard_path(out, num_shards, "json")):
         raise ValueError(f"{out} holds more shards than the current inputs fill (from shard {num_shards}): "
                          "the input list shrank since the first run; use another --out folder")
     embedded = chunks = 0
     skipped = []
     for k in range(num_shards):
-        with open(prepare._shard_path(out, k, "json")) as f:
-            index = json.load(f)
+        index = storage.read_json(prepare.shard_path(out, k, "json"), "a finished shard's index")
         embedded, chunks = embedded + index["embedded"], chunks + index["chunks"]
         skipped += [(s["path"], s["reason"], s["detail"]) for s in index["skipped"]]
     by_reason = {}
@@ -110,8 +108,8 @@ def _write_summary(out, num_shards, settings):
         by_reason[reason] = by_reason.get(reason, 0) + 1
     report = {"files": embedded + len(skipped), "embedded": embedded, "chunks": chunks, "shards": num_shards,
               "skipped": len(skipped), "skipped_by_reason": dict(sorted(by_reason.items())), "settings": settings}
-    prepare._atomic_write(os.path.join(out, "skipped.csv"), prepare._csv_text(["path", "reason", "detail"], skipped))
-    prepare._atomic_write(os.path.join(out, "report.json"), prepare._json_text(report))
+    storage.write_text(os.path.join(out, "skipped.csv"), prepare.csv_text(["path", "reason", "detail"], skipped))
+    storage.write_text(os.path.join(out, "report.json"), prepare.json_text(report))
     return report
 
 
@@ -124,6 +122,7 @@ def embed_shards_beam(paths, out, preset, weights_dir=None, batch_size=32, files
     ``preset``: a preset folder or name, as for ``kmssl embed``; resolved here (so a missing
     preset fails before the pipeline starts) and loaded once per worker.
     """
+    from keras_music_ssl.backbone import MusicEncoder
     from keras_music_ssl.presets import resolve_preset
 
     if files_per_shard < 1 or batch_size < 1:
@@ -132,22 +131,25 @@ def embed_shards_beam(paths, out, preset, weights_dir=None, batch_size=32, files
     options = pipeline_options(beam_options, LOCAL_DEFAULTS)
     preset_dir = str(resolve_preset(preset, weights_dir).absolute())
     paths = [str(p) for p in paths]
-    settings = {"format": FORMAT_VERSION, "preset": str(preset), "files_per_shard": int(files_per_shard),
-                "max_duration": float(max_duration or 0)}
-    os.makedirs(out, exist_ok=True)
-    prepare._check_settings(out, settings, "embed.json")
-    for stale in glob.glob(os.path.join(out, "*.tmp-*")):  # left by a killed run
-        os.remove(stale)
-    shards = [paths[i:i + files_per_shard] for i in range(0, len(paths), files_per_shard)]
-    todo = ({"shard": k, "paths": shard} for k, shard in enumerate(shards)
-            if not prepare.shard_finished(out, k, shard, "npz"))
-    counters = {}
-    with work_list(out, todo) as work:
-        if work is not None:
-            fn = EmbedShard(out, preset_dir, str(preset), batch_size, max_duration)
-            counters = run_pipeline(lambda p: read_and_spread(p, work) | "Embed shards" >> beam.ParDo(fn),
-                                    options, NAMESPACE)
-    return _write_summary(out, len(shards), settings), counters
+    fingerprint = storage.weights_fingerprint(MusicEncoder.from_preset(preset_dir))  # refuses a broken preset
+    settings = {"format": FORMAT_VERSION, "preset": str(preset), "fingerprint": fingerprint,
+                "files_per_shard": int(files_per_shard), "max_duration": float(max_duration or 0)}
+    storage.check_output(out, "folder")
+    with storage.locked(out):
+        storage.clean_partials(out)
+        for stale in glob.glob(os.path.join(glob.escape(out), "*.tmp-*")):  # the temporaries of version <= 0.4.3
+            os.remove(stale)
+        prepare.check_settings(out, settings, "embed.json")
+        shards = [paths[i:i + files_per_shard] for i in range(0, len(paths), files_per_shard)]
+        todo = ({"shard": k, "paths": shard} for k, shard in enumerate(shards)
+                if not prepare.shard_finished(out, k, shard, "npz"))
+        counters = {}
+        with work_list(out, todo) as work:
+            if work is not None:
+                fn = EmbedShard(out, preset_dir, str(preset), batch_size, max_duration)
+                counters = run_pipeline(lambda p: read_and_spread(p, work) | "Embed shards" >> beam.ParDo(fn),
+                                        options, NAMESPACE)
+        return _write_summary(out, len(shards), settings), counters
 
 
 def load_embedding_shards(folder):

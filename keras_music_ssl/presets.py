@@ -15,13 +15,15 @@ the package pulls tensorflow-text (full TensorFlow), kagglehub, tokenizers and
 sentencepiece, and its named presets resolve to Kaggle downloads, not to a local folder.
 """
 
-import json
 import os
 import pathlib
 import shutil
-import uuid
 
 import keras
+import numpy as np
+
+from keras_music_ssl import storage
+from keras_music_ssl.errors import KmsslError
 
 CONFIG_FILE = "config.json"
 WEIGHTS_FILE = "model.weights.h5"
@@ -42,8 +44,12 @@ DEEZER_PRESETS = {
 }
 
 
-class PresetNotFoundError(FileNotFoundError):
-    pass
+class PresetNotFoundError(KmsslError, FileNotFoundError):
+    """No preset of that name or folder."""
+
+
+class PresetError(KmsslError, ValueError):
+    """A preset that exists but cannot be used: a broken config or weights file, non-finite weights."""
 
 
 def weights_dir(path=None):
@@ -85,14 +91,15 @@ def save_to_preset(model, preset_dir, metadata=None):
     if preset_dir.exists() and not preset_dir.is_dir():
         raise NotADirectoryError(f"{preset_dir} exists and is not a folder.")
     preset_dir.parent.mkdir(parents=True, exist_ok=True)
-    staging = preset_dir.parent / f".{preset_dir.name}.tmp-{uuid.uuid4().hex[:8]}"
+    staging = storage.partial_path(preset_dir)
+    shutil.rmtree(staging, ignore_errors=True)  # left by a killed process of the same pid
     staging.mkdir()
     try:
         config = keras.saving.serialize_keras_object(model)
-        (staging / CONFIG_FILE).write_text(json.dumps(config, indent=2))
+        (staging / CONFIG_FILE).write_text(storage.dumps_json(config))
         model.save_weights(str(staging / WEIGHTS_FILE))
         meta = {"keras_music_ssl_version": _version(), **(metadata or {})}
-        (staging / METADATA_FILE).write_text(json.dumps(meta, indent=2))
+        (staging / METADATA_FILE).write_text(storage.dumps_json(meta))
         if preset_dir.is_dir() and any(preset_dir.iterdir()):
             for name in (WEIGHTS_FILE, METADATA_FILE, CONFIG_FILE):  # config last: marks a preset
                 os.replace(staging / name, preset_dir / name)
@@ -106,21 +113,43 @@ def save_to_preset(model, preset_dir, metadata=None):
 
 
 def load_preset(name_or_dir, weights_root=None, load_weights=True):
-    """Rebuild the model stored in a preset (folder or name) and load its weights."""
+    """Rebuild the model stored in a preset (folder or name) and load its weights.
+
+    A broken config or weights file, or a weight that is NaN or infinite, raises
+    :class:`PresetError` (a model with a NaN weight outputs NaN for every input)."""
     path = resolve_preset(name_or_dir, weights_root)
     if load_weights and not (path / WEIGHTS_FILE).is_file():
         raise PresetNotFoundError(f"{path} has a {CONFIG_FILE} but no {WEIGHTS_FILE}.")
-    config = json.loads((path / CONFIG_FILE).read_text())
-    model = keras.saving.deserialize_keras_object(config)
+    config = storage.read_json(path / CONFIG_FILE, "the preset's model config")
+    try:
+        model = keras.saving.deserialize_keras_object(config)
+    except Exception as error:  # Keras raises TypeError, ValueError, KeyError... on a foreign config
+        raise PresetError(f"{path / CONFIG_FILE} does not describe a model this version can build "
+                          f"({type(error).__name__}: {str(error).splitlines()[0] if str(error) else ''})") from None
+    if not isinstance(model, keras.Model):
+        raise PresetError(f"{path / CONFIG_FILE} describes a {type(model).__name__}, not a model")
     if load_weights:
-        model.load_weights(str(path / WEIGHTS_FILE))
+        try:
+            model.load_weights(str(path / WEIGHTS_FILE))
+        except (OSError, ValueError, KeyError) as error:  # h5py: a truncated or foreign file
+            raise PresetError(f"{path / WEIGHTS_FILE} cannot be loaded into the preset's model "
+                              f"({str(error).splitlines()[0] if str(error) else type(error).__name__})") from None
+        require_finite_weights(model, path / WEIGHTS_FILE)
     return model
+
+
+def require_finite_weights(model, source):
+    """Raise :class:`PresetError` when a weight of ``model`` holds NaN or an infinity."""
+    for weight in model.weights:
+        if not np.all(np.isfinite(keras.ops.convert_to_numpy(weight))):
+            raise PresetError(f"{source}: weight {weight.path} holds NaN or infinite values; "
+                              "this model would output NaN (was its training diverging?)")
 
 
 def preset_metadata(name_or_dir, weights_root=None):
     path = resolve_preset(name_or_dir, weights_root)
     meta = path / METADATA_FILE
-    return json.loads(meta.read_text()) if meta.is_file() else {}
+    return storage.read_json(meta, "the preset's metadata") if meta.is_file() else {}
 
 
 def _version():

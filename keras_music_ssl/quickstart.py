@@ -13,7 +13,6 @@ within 20 minutes on 2 CPU cores; on the ``medium`` set it only ties the floors 
 in the README). The verdict line says what this run found.
 """
 
-import json
 import os
 import time
 
@@ -25,14 +24,16 @@ DATASET_SIZE = "medium"
 
 def quickstart(out="outputs/quickstart", seed=0, data_dir=None, verbose=1):
     """Run the quickstart into ``out``; returns its summary (also ``out/quickstart.json``)."""
-    from keras_music_ssl import cli
+    from keras_music_ssl import cli, storage
     from keras_music_ssl.backbone import MusicEncoder
     from keras_music_ssl.data.embedded import embedded_dataset
+    from keras_music_ssl.errors import KmsslError
     from keras_music_ssl.probe import run_probe
     from keras_music_ssl.train import pretrain
 
     started = time.perf_counter()
     out = os.path.abspath(out)
+    storage.check_output(out, "folder")  # before building the dataset and pretraining
     _step(1, "the embedded dataset")
     dataset = embedded_dataset(DATASET_SIZE, seed, data_dir, progress=bool(verbose))
     counts = {s: len(dataset.split(s)) for s in ("train", "valid", "test")}
@@ -54,8 +55,8 @@ def quickstart(out="outputs/quickstart", seed=0, data_dir=None, verbose=1):
     head = os.path.join(out, "probe", "heads", f"{method}.keras")
     status = cli.main(["export", "--preset", run["preset"], "--head", head, "--format", "tflite",
                        "--out", tagger, "--overwrite"])
-    if status:
-        raise RuntimeError(f"kmssl export failed (status {status})")
+    if status:  # it printed its reason
+        raise KmsslError(f"kmssl export failed (status {status}); its reason is on the line above")
 
     _step(5, "tagging a test clip with the TFLite file")
     test = dataset.split("test")
@@ -64,7 +65,7 @@ def quickstart(out="outputs/quickstart", seed=0, data_dir=None, verbose=1):
           flush=True)
     status = cli.main(["tag", clip, "--model", tagger, "--top", "3"])
     if status:
-        raise RuntimeError(f"kmssl tag failed (status {status})")
+        raise KmsslError(f"kmssl tag failed (status {status}); its reason is on the line above")
 
     rows = {name: r["test"] for name, r in results["models"].items()}
     summary = {"budget": BUDGET, "dataset": dataset.root, "clips": counts,
@@ -72,8 +73,7 @@ def quickstart(out="outputs/quickstart", seed=0, data_dir=None, verbose=1):
                "test": {name: {"roc_auc": t["roc_auc_macro"]["point"], "roc_auc_ci95": t["roc_auc_macro"]["ci95"],
                                "pr_auc": t["pr_auc_macro"]["point"]} for name, t in rows.items()},
                "preset": run["preset"], "tagger": tagger, "probe_report": os.path.join(out, "probe", "results.md")}
-    with open(os.path.join(out, "quickstart.json"), "w") as f:
-        json.dump(summary, f, indent=2)
+    storage.write_json(os.path.join(out, "quickstart.json"), summary)
     _print_summary(summary, method)
     return summary
 

@@ -10,7 +10,7 @@ of audio, or (``data=None``) the embedded rendered dataset. The run folder ``out
     history.csv     one row per finished epoch: loss, schedules, ``val_embedding_std``, ...
     logs/           TensorBoard
     checkpoints/    ``epochNNN.keras``, the whole pretext model (``keras.saving.load_model``)
-    backup/         ``BackupAndRestore`` state while the run is unfinished
+    backup/         the last two epochs' training state while the run is unfinished (``backup.py``)
     model.keras     the final pretext model
     preset/         the encoder as a preset, for ``kmssl embed`` / ``probe`` / ``export``
     summary.json    written last: the run is finished
@@ -23,16 +23,23 @@ in ``out/process-i/``.
 
 Calling ``pretrain`` again with the same ``out`` and settings resumes a killed run from its
 last finished epoch (the data stream skips the batches already trained on, so the result equals
-an uninterrupted run), or returns at once if the run finished. Different settings in an
-existing run folder are an error, not a silent mix.
+an uninterrupted run), or returns at once if the run finished. A kill at any instant, during a
+checkpoint or backup write included, leaves a run that resumes (every file is written
+atomically, ``storage.py``). Different settings in an existing run folder are an error, not a
+silent mix; so is a second process on the same folder. Every setting is checked before anything
+is written, and a loss that turns NaN stops the run with an error (no checkpoint or backup of
+that epoch is kept).
 """
 
 import dataclasses
-import json
+import math
 import os
 import shutil
 import time
 import zlib
+
+from keras_music_ssl import storage
+from keras_music_ssl.errors import KmsslError
 
 SEGMENT_SECONDS = 4.0
 
@@ -47,8 +54,38 @@ EMA_METHODS = ("byol", "clustering")
 HELD_OUT_EVERY = 20  # user data without a validation set: 1 file in 20 monitors collapse
 
 
-class PretrainError(ValueError):
+class PretrainError(KmsslError, ValueError):
     """Settings or data that cannot make a run (the CLI prints it in one line)."""
+
+
+# field -> (kind, lowest, highest, lowest included); None bounds are open. Checked before any work.
+RANGES = {
+    "epochs": (int, 1, None, True), "steps_per_epoch": (int, 1, None, True), "batch_size": (int, 2, None, True),
+    "views": (int, 2, None, True), "views_per_track": (int, 1, None, True), "checkpoint_every": (int, 1, None, True),
+    "warmup_epochs": (int, 0, None, True), "seed": (int, 0, 2**32 - 1, True),
+    "momentum_epochs": (int, 1, None, True),
+    "min_gap_seconds": (float, 0.0, None, True), "gain_db": (float, 0.0, 60.0, True),
+    "polarity": (float, 0.0, 1.0, True), "noise_snr_db": (float, -60.0, 200.0, True),
+    "learning_rate": (float, 0.0, 10.0, False), "weight_decay": (float, 0.0, None, True),
+    "weight_decay_end": (float, 0.0, None, True),
+}
+
+
+def _checked(name, value, kind, low, high, closed):
+    """``value`` as ``kind`` if it lies in range, else a PretrainError naming the setting."""
+    if kind is int and (isinstance(value, bool) or (isinstance(value, float) and not value.is_integer())):
+        raise PretrainError(f"{name} must be a whole number, got {value!r}")
+    try:
+        value = kind(value)
+    except (TypeError, ValueError):
+        raise PretrainError(f"{name} must be a {kind.__name__}, got {value!r}") from None
+    if kind is float and not math.isfinite(value):
+        raise PretrainError(f"{name} must be a finite number, got {value}")
+    if low is not None and (value < low or (value == low and not closed)):
+        raise PretrainError(f"{name} must be {'>=' if closed else '>'} {low}, got {value}")
+    if high is not None and value > high:
+        raise PretrainError(f"{name} must be <= {high}, got {value}")
+    return value
 
 
 @dataclasses.dataclass
@@ -90,11 +127,14 @@ class PretrainConfig:
             raise PretrainError(f"dataset_size must be one of {', '.join(SIZES)}, got {self.dataset_size!r}")
         if self.encoder not in ENCODERS:
             raise PretrainError(f"encoder must be one of {', '.join(ENCODERS)}, got {self.encoder!r}")
-        for name in ("epochs", "steps_per_epoch", "batch_size", "views_per_track", "checkpoint_every"):
-            if int(getattr(self, name)) < 1:
-                raise PretrainError(f"{name} must be >= 1, got {getattr(self, name)}")
-        if self.batch_size < 2 or self.views < 2:
-            raise PretrainError("batch_size and views must be >= 2 (batch statistics, view pairs)")
+        for name, rule in RANGES.items():
+            if getattr(self, name) is not None:
+                setattr(self, name, _checked(name, getattr(self, name), *rule))
+        for name in ("data", "valid_data", "audio_cache"):
+            if getattr(self, name) is not None and not isinstance(getattr(self, name), str):
+                raise PretrainError(f"{name} must be a path, got {getattr(self, name)!r}")
+        if not isinstance(self.method_options, dict):
+            raise PretrainError(f"method_options must be a mapping, got {self.method_options!r}")
         if self.momentum_epochs is not None and self.method not in EMA_METHODS:
             raise PretrainError(f"momentum_epochs applies to {' and '.join(EMA_METHODS)} only")
 
@@ -192,51 +232,41 @@ def _epoch_seconds_callback():
     return EpochSeconds()
 
 
-def _finished_epochs(out):
-    """Epochs the backup holds (0 when there is none)."""
-    try:
-        with open(os.path.join(out, "backup", "training_metadata.json")) as f:
-            return int(json.load(f)["epoch"])
-    except (FileNotFoundError, KeyError, ValueError):
-        return 0
-
-
 def _keep_history(path, epochs):
-    """Drop rows of ``history.csv`` for epochs >= ``epochs`` (an epoch that ran but was not backed
-    up is trained again), in place."""
+    """Keep the rows of ``history.csv`` for epochs < ``epochs`` (an epoch that ran but was not
+    backed up is trained again, and logged again) and drop a row a kill cut short; atomically."""
     if not os.path.exists(path):
         return
-    with open(path) as f:
+    with open(path, newline="") as f:
         lines = f.readlines()
-    if not epochs:
-        os.remove(path)
-        return
-    kept = lines[:1] + [line for line in lines[1:] if int(line.split(",", 1)[0]) < epochs]
-    with open(path + ".partial", "w") as f:
-        f.writelines(kept)
-    os.replace(path + ".partial", path)
+
+    def finished(line):
+        epoch = line.split(",", 1)[0]
+        return line.endswith("\n") and epoch.isdigit() and int(epoch) < epochs and line.count(",") == header
+
+    header = lines[0].count(",") if lines else 0
+    kept = lines[:1] + [line for line in lines[1:] if finished(line)]
+    if kept != lines:
+        storage.write_text(path, "".join(kept) if len(kept) > 1 else "")
 
 
 SAME_RESULTS = {"audio_cache"}  # settings that do not change what is trained: a resume may change them
 
 
 def _check_run_folder(out, config):
+    import json
+
     path = os.path.join(out, "config.json")
     if os.path.exists(path):
-        with open(path) as f:
-            saved = json.load(f)["config"]
+        saved = storage.read_json(path, "the run's settings")
+        if not isinstance(saved, dict) or not isinstance(saved.get("config"), dict):
+            raise PretrainError(f"{path} holds no run settings; use another output folder")
+        saved = saved["config"]
         current = json.loads(json.dumps(config.to_dict()))  # tuples -> lists, as saved
         changed = sorted(k for k in (set(saved) | set(current)) - SAME_RESULTS if saved.get(k) != current.get(k))
         if changed:
             raise PretrainError(f"{out} holds a run with other settings ({', '.join(changed)} differ); "
                                 "use another output folder, or the same settings to resume it")
-
-
-def _write_json(path, obj):
-    with open(path + ".partial", "w") as f:
-        json.dump(obj, f, indent=2)
-        f.write("\n")
-    os.replace(path + ".partial", path)
 
 
 def pretrain(out, data_dir=None, verbose=1, distribute=None, devices=None, **settings):
@@ -258,10 +288,10 @@ def pretrain(out, data_dir=None, verbose=1, distribute=None, devices=None, **set
     out = os.path.abspath(os.fspath(out))
     if process_index():
         out = os.path.join(out, f"process-{process_index()}")
+    storage.check_output(out, "folder")
     _check_run_folder(out, config)
     if os.path.exists(os.path.join(out, "summary.json")):
-        with open(os.path.join(out, "summary.json")) as f:
-            summary = json.load(f)
+        summary = storage.read_json(os.path.join(out, "summary.json"), "the run's summary")
         print(f"{out}: finished already ({config.method}, {config.epochs} epochs)", flush=True)
         return summary
     with distribution.scope():
@@ -271,20 +301,45 @@ def pretrain(out, data_dir=None, verbose=1, distribute=None, devices=None, **set
 def _run(out, config, distribution, data_dir, verbose):
     import keras
 
-    from keras_music_ssl.data.pipelines import ViewSamplerCounts, pretraining_dataset
-    from keras_music_ssl.pretext import CollapseMonitor
-    from keras_music_ssl.pretext.distribute import process_count
-
     model = build_model(config)  # first: a bad method option fails before any data is built
     keras.utils.set_random_seed(config.seed)  # before the datasets: tf.data shuffles use the global seed
     train, valid, data_name = resolve_data(config, data_dir, progress=bool(verbose))
     # Only now: settings refused above leave no run folder that a corrected command would clash with.
-    os.makedirs(out, exist_ok=True)
-    _write_json(os.path.join(out, "config.json"), {
-        "config": config.to_dict(), "backend": keras.backend.backend(), "keras": keras.__version__,
-        "distribute": distribution.name, "devices": [str(d) for d in distribution.devices],
-        "rerun": f"keras_music_ssl.pretrain({out!r}, **config)"})
-    done = _finished_epochs(out)
+    with storage.locked(out):
+        _check_run_folder(out, config)  # again, with the lock: another process may have just started it
+        storage.clean_partials(out)
+        storage.clean_partials(os.path.join(out, "backup"))
+        storage.clean_partials(os.path.join(out, "checkpoints"))
+        storage.write_json(os.path.join(out, "config.json"), {
+            "config": config.to_dict(), "backend": keras.backend.backend(), "keras": keras.__version__,
+            "distribute": distribution.name, "devices": [str(d) for d in distribution.devices],
+            "rerun": f"keras_music_ssl.pretrain({out!r}, **config)"})
+        return _fit(out, config, model, train, valid, data_name, distribution, verbose)
+
+
+def _restore(out, config, model):
+    """(model, finished epochs) from the run's backup; a backup none of whose states loads is
+    reported and the run starts afresh from a newly built model."""
+    from keras_music_ssl import backup
+
+    try:
+        return model, backup.restore(model, os.path.join(out, "backup"))
+    except storage.StorageError as error:
+        print(f"{error}; starting the run afresh", flush=True)
+        shutil.rmtree(os.path.join(out, "backup"), ignore_errors=True)
+        return build_model(config), 0
+
+
+def _fit(out, config, model, train, valid, data_name, distribution, verbose):
+    import keras
+
+    from keras_music_ssl.backup import Backup, Checkpoint
+    from keras_music_ssl.data.pipelines import ViewSamplerCounts, pretraining_dataset
+    from keras_music_ssl.pretext import CollapseMonitor
+    from keras_music_ssl.pretext.distribute import process_count
+
+    model, done = _restore(out, config, model)
+    keras.utils.set_random_seed(config.seed)  # the datasets' shuffles, whatever the restore drew
     history_csv = os.path.join(out, "history.csv")
     _keep_history(history_csv, done)
     sampler = sampler_of(config)
@@ -306,36 +361,36 @@ def _run(out, config, distribution, data_dir, verbose):
     else:
         callbacks.append(CollapseMonitor(_monitor_views(valid, config), prefix="val_"))
     callbacks += [
+        keras.callbacks.TerminateOnNaN(),
         keras.callbacks.CSVLogger(history_csv, append=True),
         keras.callbacks.TensorBoard(os.path.join(out, "logs")),
-        keras.callbacks.ModelCheckpoint(os.path.join(out, "checkpoints", "epoch{epoch:03d}.keras"),
-                                        save_freq=config.checkpoint_every * config.steps_per_epoch),
-        # last: its epoch-end backup follows the CSV row and the checkpoint of that epoch
-        keras.callbacks.BackupAndRestore(os.path.join(out, "backup"), delete_checkpoint=False),
+        Checkpoint(os.path.join(out, "checkpoints"), config.checkpoint_every),
+        Backup(os.path.join(out, "backup")),  # last: it follows the CSV row and the checkpoint of its epoch
     ]
-    os.makedirs(os.path.join(out, "checkpoints"), exist_ok=True)
     history = model.fit(views, epochs=config.epochs, steps_per_epoch=config.steps_per_epoch,
-                        callbacks=callbacks, verbose=verbose)
-    if model.stop_training and len(history.epoch) and history.epoch[-1] + 1 < config.epochs:
-        raise RuntimeError(f"{out}: training stopped early at epoch {history.epoch[-1] + 1} (NaN loss?); "
-                           "the last good epoch is in checkpoints/")
+                        initial_epoch=done, callbacks=callbacks, verbose=verbose)
+    if model.stop_training:
+        epoch = (history.epoch[-1] + 1) if history.epoch else done + 1
+        raise PretrainError(f"{out}: the loss became NaN or infinite in epoch {epoch} (a learning rate too high, "
+                            f"or bad data?); training stopped, the last good state (epoch {epoch - 1}) is kept")
 
-    model.save(os.path.join(out, "model.keras"))
+    with storage.atomic_target(os.path.join(out, "model.keras"), ".keras") as tmp:
+        model.save(str(tmp))
     preset = os.path.join(out, "preset")
     model.encoder.save_to_preset(preset, method=config.method, source="keras_music_ssl.pretrain",
                                  data=data_name, encoder=config.encoder, epochs=config.epochs,
                                  steps_per_epoch=config.steps_per_epoch, batch_size=config.batch_size,
                                  seed=config.seed)
-    shutil.rmtree(os.path.join(out, "backup"), ignore_errors=True)
     rows = _read_history(history_csv)
     summary = {"method": config.method, "encoder": config.encoder, "data": data_name,
                "backend": keras.backend.backend(), "distribute": distribution.name,
                "devices": distribution.num_devices, "epochs": config.epochs,
                "steps": config.epochs * config.steps_per_epoch, "batch_size": config.batch_size,
-               "final": rows[-1] if rows else {},
+               "final": {k: v for k, v in (rows[-1] if rows else {}).items() if math.isfinite(v)},
                "fit_seconds": round(sum(row.get("epoch_seconds", 0.0) for row in rows), 1),
                "preset": preset, "model": os.path.join(out, "model.keras")}
-    _write_json(os.path.join(out, "summary.json"), summary)
+    storage.write_json(os.path.join(out, "summary.json"), summary)
+    shutil.rmtree(os.path.join(out, "backup"), ignore_errors=True)  # only now: until summary.json, a rerun resumes
     return summary
 
 

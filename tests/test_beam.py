@@ -88,7 +88,7 @@ def test_bad_files_are_counted_in_the_report_and_the_beam_metrics_never_fatal(br
     assert counters == {"prepared": len(expected) - len(wanted),
                         **{f"skipped_{reason}": n for reason, n in report["skipped_by_reason"].items()}}
     assert counters["skipped_truncated"] == 2 and counters["skipped_undecodable"] == 2
-    assert not list(out.glob("*.tmp-*"))  # nor the work list
+    assert not list(out.glob("*.tmp-*")) and not list(out.glob(".*.partial"))  # nor the work list
 
 
 @needs_beam
@@ -112,7 +112,8 @@ def test_beam_rerun_decodes_only_unfinished_shards_and_resumes_a_local_run(broke
     shutil.copytree(reference, resumed)
     for name in ("shard-00000.json", "shard-00002.tfrecord", "report.json", "index.csv"):
         (resumed / name).unlink()
-    (resumed / "shard-00002.tfrecord.tmp-1").write_bytes(b"partial")
+    (resumed / ".shard-00002.tfrecord.1.partial").write_bytes(b"partial")
+    (resumed / "shard-00002.tfrecord.tmp-1").write_bytes(b"partial")  # the temporary name of older versions
     decoded = []
 
     def counting(path, *args, **kwargs):

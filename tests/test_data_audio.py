@@ -180,3 +180,43 @@ def test_audio_error_survives_pickling_for_worker_processes():
     assert (error.path, error.reason, error.detail) == ("x.wav", "truncated", "10 of 20 frames")
     with pytest.raises(ValueError):
         AudioError("x.wav", "no_such_reason")
+
+
+def test_samples_that_overflow_in_resampling_are_non_finite_not_silence(tmp_path):
+    """Float samples of +-1e38 are finite in the file; soxr's filter overflows float32 on them.
+    Before: the check ran before resampling, and the inf/NaN became a silent or all-NaN track."""
+    huge = np.where(np.random.default_rng(0).random((44100, 2)) > 0.5, 1e38, -1e38).astype(np.float32)
+    sf.write(tmp_path / "huge_44k.wav", huge, 44100, subtype="FLOAT")
+    with pytest.raises(AudioError) as error:
+        load_audio(tmp_path / "huge_44k.wav")
+    assert error.value.reason == "non_finite" and "after mixing/resampling" in error.value.detail
+    sf.write(tmp_path / "huge_16k.wav", huge, 16000, subtype="FLOAT")  # no resampling: finite, a valid file
+    y = load_audio(tmp_path / "huge_16k.wav")
+    assert np.all(np.isfinite(y)) and np.max(np.abs(y)) == 1.0
+
+
+def test_to_int16_refuses_nan_instead_of_casting_it_to_a_number():
+    from keras_music_ssl.data.tfrecord import to_int16
+
+    np.testing.assert_array_equal(to_int16(np.array([0.0, 1.0, -1.0, 2.0], np.float32)), [0, 32767, -32767, 32767])
+    with pytest.raises(ValueError, match="1 NaN or infinite"):
+        to_int16(np.array([0.0, np.nan], np.float32))
+
+
+def test_a_file_name_that_is_not_utf8_loads_and_is_named_printably(tmp_path):
+    """os.listdir gives such a name with surrogate escapes; libsndfile's str path refused it, so the
+    file was "undecodable" (prepare) or stopped the run. ``kmssl embed FOLDER`` lists it too."""
+    from keras_music_ssl.embed import expand_audio_paths
+
+    cafe, broken = os.fsdecode(b"caf\xe9.wav"), os.fsdecode(b"bad\xff.wav")
+    sf.write(os.fsencode(tmp_path / cafe), music_like(16000, 1.0), 16000)
+    sf.write(tmp_path / "cafe.wav", music_like(16000, 1.0), 16000)
+    with open(os.fsencode(tmp_path / broken), "wb") as f:
+        f.write(b"junk" * 100)
+    assert expand_audio_paths([tmp_path]) == [str(tmp_path / name) for name in (broken, "cafe.wav", cafe)]
+    np.testing.assert_array_equal(load_audio(tmp_path / cafe), load_audio(tmp_path / "cafe.wav"))
+    with pytest.raises(AudioError) as error:
+        load_audio(tmp_path / broken)
+    assert error.value.reason == "undecodable" and error.value.path == str(tmp_path / broken)
+    assert str(error.value).startswith(f"{tmp_path}/bad\\xff.wav: undecodable")
+    str(error.value).encode("utf-8")  # printable: no lone surrogate left in the message

@@ -8,6 +8,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from keras_music_ssl.data.views import ViewSampler
+from keras_music_ssl.errors import OptionError
 
 pytestmark = pytest.mark.backend_independent
 
@@ -154,3 +155,21 @@ def test_invalid_settings_are_refused():
         ViewSampler(num_views=1)
     with pytest.raises(ValueError, match="max_gap"):
         ViewSampler(num_views=3, min_gap=64000, max_gap=100000)
+
+
+@pytest.mark.parametrize("option,value", [
+    ("gain_db", float("nan")), ("gain_db", float("inf")), ("gain_db", -1.0), ("gain_db", 1000.0),
+    ("noise_snr_db", float("nan")), ("noise_snr_db", float("-inf")), ("noise_snr_db", -1000.0),
+    ("polarity", float("nan")), ("polarity", 1.5), ("silence_threshold", float("nan")),
+    ("num_views", 2.5), ("segment_samples", 0), ("min_gap", -1), ("silence_attempts", 0), ("max_gap", float("nan")),
+])
+def test_a_setting_that_is_not_finite_or_out_of_range_is_refused_by_name(option, value):
+    """Before: gain_db=nan or noise_snr_db=nan were accepted and every view came out all NaN."""
+    with pytest.raises(OptionError, match=option):
+        ViewSampler(**{option: value})
+
+
+def test_the_finite_extremes_of_the_augmentations_give_finite_views():
+    x = np.random.default_rng(2).standard_normal(16000 * 10).astype(np.float32)
+    out = sample(ViewSampler(gain_db=100.0, noise_snr_db=-100.0, polarity=1.0), x, (1, 2))
+    assert np.all(np.isfinite(out["views"]))

@@ -175,8 +175,19 @@ def test_resume_keeps_done_files_and_embeds_only_new_ones(encoder, audio_files, 
     embeddings, paths, _ = load_embeddings(out)
     assert paths == [str(copy), mp3, ogg, short, silent]
     np.testing.assert_array_equal(embeddings[[0, 1, 3, 4]], first)
-    with pytest.raises(ResumeMismatchError, match="preset 'p'"):
-        embed_to_file(encoder, [mp3], out, BATCH, resume=True, preset="q", progress=False)
+    # Identity is the weights, not the preset's name: the same weights under another name resume,
+    # other weights under the same name (a relative preset folder from elsewhere) are refused.
+    assert embed_to_file(encoder, [mp3], out, BATCH, resume=True, preset="q", progress=False).paths == [mp3]
+    from conftest import TINY_ENCODER
+
+    keras.utils.set_random_seed(4)
+    other = MusicEncoder(**TINY_ENCODER)
+    with pytest.raises(ResumeMismatchError, match="other weights"):
+        embed_to_file(other, [mp3, flac], out, BATCH, resume=True, preset="p", progress=False)
+    assert load_embeddings(out)[1] == [mp3]  # refused before anything was written
+    # without --resume or overwrite, an existing output is not replaced
+    with pytest.raises(ResumeMismatchError, match="exists"):
+        embed_to_file(encoder, [mp3], out, BATCH, preset="p", progress=False)
 
 
 def test_interrupted_run_keeps_what_was_done_and_resumes(encoder, audio_files, tmp_path,

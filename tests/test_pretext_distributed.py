@@ -16,6 +16,11 @@ each variable is written once per replica, so replicas that drift apart show too
 
 Adam's epsilon is 1e-3 here: the attention pool's key bias has an exactly zero gradient,
 whose round-off Adam would blow up to full-size steps of random sign.
+
+Plain SGD runs at 1e-4: its first step already takes the loss from 0.81 to 0.48. At 0.05 the
+steps overshoot (the loss rises) and amplify float32 round-off so much that one device
+disagrees with itself by 2e-3 (loss) and 1e-2 (weights) when the batch is merely reordered;
+at 1e-4 that floor is 2e-5 / 2e-6, and a gradient off by a factor of 2 moves the loss by 28 %.
 """
 
 import argparse
@@ -35,6 +40,18 @@ TOLERANCE = 1e-4  # relative to each variable's largest magnitude
 # A teacher temperature of 0.02 multiplies the round-off of synchronised BatchNorm's one-pass
 # variance by 50 in the clustering loss; 0.1 tests the same mechanics.
 CLUSTERING = dict(momentum=0.9, teacher_temperature_start=0.1, teacher_temperature=0.1)
+OPTIMIZERS = ("adamw", "sgd")
+
+
+def _optimizer(name):
+    import keras
+
+    from keras_music_ssl.pretext import ScheduledAdamW
+    from keras_music_ssl.schedules import CosineSchedule, WarmupCosine
+
+    if name == "sgd":
+        return keras.optimizers.SGD(1e-4)
+    return ScheduledAdamW(learning_rate=WarmupCosine(5e-4), epsilon=1e-3, weight_decay=CosineSchedule(0.04, 0.4))
 
 
 def _replica_values(variable):
@@ -91,40 +108,47 @@ def _nt_xent(out):
              whole=np.asarray(nt_xent_loss(z)))
 
 
-def _train(mode, methods, out):
+def _train(mode, methods, out, optimizers=("adamw",)):
+    """Each optimizer under a Distribution of its own: after the first, a second strategy in the
+    same process (what a notebook or a sweep does)."""
     from test_pretext_cross_backend import seeded_weights
     from test_pretext_methods import ENCODER, draw_views, synthetic_tracks
 
     from keras_music_ssl import MusicEncoder
-    from keras_music_ssl.pretext import METHODS, ScheduledAdamW
-    from keras_music_ssl.schedules import CosineSchedule, WarmupCosine
+    from keras_music_ssl.pretext import METHODS
 
     views = draw_views(synthetic_tracks(n_tracks=BATCH), 1)  # one global batch of 8 tracks
     if mode == "processes":  # Keras gives each process its half of every global batch of a tf.data.Dataset
         import tensorflow as tf
 
         views = tf.data.Dataset.from_tensors(views)
-    distribution = _distribution(mode)
     arrays = {}
-    for name in methods:
-        with distribution.scope():
-            options = {"byol": dict(momentum=0.9), "clustering": CLUSTERING}.get(name, {})
-            model = METHODS[name](MusicEncoder(**ENCODER), **options)
-            seeded_weights(model)
-            model.compile(optimizer=ScheduledAdamW(
-                learning_rate=WarmupCosine(5e-4), epsilon=1e-3,
-                weight_decay=CosineSchedule(0.04, 0.4)))
-            history = model.fit(views, batch_size=None if mode == "processes" else BATCH, epochs=2,
-                                shuffle=False, verbose=0)
-        arrays[f"{name}/losses"] = np.asarray(history.history["loss"], "float64")
-        for i, variable in enumerate(model.weights):
-            arrays[f"{name}/{i}"] = _replica_values(variable)
-        if name == "byol":  # the method with the most state: teacher, BatchNorm statistics
-            model.save(str(out).replace(".npz", ".keras"))
+    for optimizer in optimizers:
+        distribution = _distribution(mode)
+        for name in methods:
+            key = name if optimizer == "adamw" else f"{name}-{optimizer}"
+            with distribution.scope():
+                options = {"byol": dict(momentum=0.9), "clustering": CLUSTERING}.get(name, {})
+                model = METHODS[name](MusicEncoder(**ENCODER), **options)
+                seeded_weights(model)
+                start = [_replica_values(v)[0] for v in model.trainable_weights]
+                model.compile(optimizer=_optimizer(optimizer))
+                history = model.fit(views, batch_size=None if mode == "processes" else BATCH, epochs=2,
+                                    shuffle=False, verbose=0)
+            arrays[f"{key}/losses"] = np.asarray(history.history["loss"], "float64")
+            # How far the two steps moved the weights, relative to their scale as in
+            # assert_same_training: what a wrong gradient scale would change.
+            arrays[f"{key}/moved"] = np.asarray(max(
+                float(np.max(np.abs(_replica_values(v)[0] - w))) / max(float(np.max(np.abs(w))), 1e-3)
+                for v, w in zip(model.trainable_weights, start)))
+            for i, variable in enumerate(model.weights):
+                arrays[f"{key}/{i}"] = _replica_values(variable)
+            if name == "byol" and optimizer == "adamw":  # the method with the most state: teacher, BatchNorm statistics
+                model.save(str(out).replace(".npz", ".keras"))
     np.savez(out, **arrays)
 
 
-def run(backend, mode, tmp_path, methods=METHOD_NAMES, env=None, load=None):
+def run(backend, mode, tmp_path, methods=METHOD_NAMES, env=None, load=None, optimizers=("adamw",)):
     """Start the runs of ``mode`` on ``backend`` (or, with ``load``, the loading of that saved
     model); returns a function that waits for them and returns what they wrote."""
     env = dict(os.environ, KERAS_BACKEND=backend, TF_CPP_MIN_LOG_LEVEL="2", **(env or {}),
@@ -136,10 +160,11 @@ def run(backend, mode, tmp_path, methods=METHOD_NAMES, env=None, load=None):
     port = _free_port()
     processes = []
     for rank in ranks:
-        stem = tmp_path / f"{backend}-{mode}-{rank}{'-loaded' if load else ''}"
+        stem = tmp_path / f"{backend}-{mode}-{rank}{'-loaded' if load else ''}-{'-'.join(optimizers)}"
         out, log = f"{stem}.npz", open(f"{stem}.log", "w+")
         command = [sys.executable, os.path.abspath(__file__), mode, out, "--process-id", str(rank),
-                   "--port", str(port), "--methods", *methods] + (["--load", str(load)] if load else [])
+                   "--port", str(port), "--methods", *methods, "--optimizers", *optimizers]
+        command += ["--load", str(load)] if load else []
         processes.append((subprocess.Popen(command, env=env, cwd=ROOT, stdout=log, stderr=log), out, log))
 
     def wait():
@@ -167,7 +192,7 @@ def assert_same_training(reference, other, methods=METHOD_NAMES, what=""):
     for name in methods:
         np.testing.assert_allclose(other[f"{name}/losses"], reference[f"{name}/losses"], rtol=TOLERANCE,
                                    atol=TOLERANCE, err_msg=f"{what} {name} losses")  # losses near 0 too
-        for key in sorted(k for k in reference if k.startswith(name + "/") and k != f"{name}/losses"):
+        for key in sorted(k for k in reference if k.startswith(name + "/") and k.split("/")[1] not in ("losses", "moved")):
             expected = reference[key][0]
             scale = max(float(np.max(np.abs(expected))), 1e-3)
             for replica in other[key]:
@@ -176,7 +201,8 @@ def assert_same_training(reference, other, methods=METHOD_NAMES, what=""):
 
 
 def _byol(arrays):
-    return {f"loaded/{k.split('/')[1]}": v for k, v in arrays.items() if k.startswith("byol/") and "loss" not in k}
+    return {f"loaded/{k.split('/')[1]}": v for k, v in arrays.items()
+            if k.startswith("byol/") and k.split("/")[1] not in ("losses", "moved")}
 
 
 @pytest.mark.slow
@@ -184,18 +210,36 @@ def _byol(arrays):
 def test_mirrored_strategy_trains_like_one_device_and_checkpoints_move_between_them(tmp_path):
     single, mirrored = run("tensorflow", "single", tmp_path), run("tensorflow", "mirrored", tmp_path)
     single, mirrored = single()[0], mirrored()[0]
-    assert all(mirrored[k].shape[0] == 2 for k in mirrored if not k.endswith("losses"))  # two replicas
+    assert all(mirrored[k].shape[0] == 2 for k in mirrored if not k.endswith(("losses", "moved")))  # two replicas
     assert_same_training(single, mirrored, what="mirrored")
 
     # A model saved under the strategy loads on one device, and the reverse, variables unchanged.
-    on_one = run("tensorflow", "single", tmp_path, load=tmp_path / "tensorflow-mirrored-0.keras")
-    on_two = run("tensorflow", "mirrored", tmp_path, load=tmp_path / "tensorflow-single-0.keras")
+    on_one = run("tensorflow", "single", tmp_path, load=tmp_path / "tensorflow-mirrored-0-adamw.keras")
+    on_two = run("tensorflow", "mirrored", tmp_path, load=tmp_path / "tensorflow-single-0-adamw.keras")
     on_one, on_two = on_one()[0], on_two()[0]
     for loaded, saved, replicas in ((on_one, _byol(mirrored), 1), (on_two, _byol(single), 2)):
         assert set(loaded) == set(saved)
         for key, value in saved.items():
             assert loaded[key].shape[0] == replicas
             np.testing.assert_array_equal(loaded[key], np.repeat(value[:1], replicas, axis=0), key)
+
+
+@pytest.mark.slow
+@pytest.mark.tf_only
+@pytest.mark.parametrize("backend,mode", [("tensorflow", "mirrored"), ("jax", "data_parallel")])
+def test_plain_sgd_and_adamw_train_like_one_device_and_a_second_strategy_too(backend, mode, tmp_path):
+    """Plain SGD shows a wrong gradient scale or statistic that Adam's normalisation hides.
+    The distributed process trains under a MirroredStrategy / DataParallel for SGD, then under
+    a second one for AdamW: a second strategy in one process trains alike too."""
+    methods = ("contrastive",)
+    single = run(backend, "single", tmp_path, methods, optimizers=OPTIMIZERS)
+    several = run(backend, mode, tmp_path, methods, optimizers=OPTIMIZERS)
+    single, several = single()[0], several()[0]
+    assert_same_training(single, several, ("contrastive", "contrastive-sgd"), mode)
+    # SGD's steps are large enough to show an error: a gradient 2x off (a loss divided by N
+    # twice, or not at all) changes the step by all of it, 10x the tolerance or more (4.6e-3).
+    assert single["contrastive-sgd/moved"] > 10 * TOLERANCE, single["contrastive-sgd/moved"]
+    assert single["contrastive-sgd/losses"][1] < 0.9 * single["contrastive-sgd/losses"][0]  # a real descent step
 
 
 @pytest.mark.tf_only
@@ -237,6 +281,7 @@ if __name__ == "__main__":
     parser.add_argument("mode", choices=("single", "mirrored", "data_parallel", "processes", "nt_xent"))
     parser.add_argument("out")
     parser.add_argument("--methods", nargs="+", default=list(METHOD_NAMES))
+    parser.add_argument("--optimizers", nargs="+", choices=OPTIMIZERS, default=["adamw"])
     parser.add_argument("--process-id", type=int, default=0)
     parser.add_argument("--port", type=int)
     parser.add_argument("--load", help="a saved model to load and write instead of training")
@@ -247,7 +292,7 @@ if __name__ == "__main__":
     elif args.load:
         _load(args.mode, args.load, args.out)
     else:
-        _train(args.mode, args.methods, args.out)
+        _train(args.mode, args.methods, args.out, args.optimizers)
     print(json.dumps({"ok": args.out}))
 
 

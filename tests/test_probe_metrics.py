@@ -79,3 +79,18 @@ def test_fraction_keys_and_bad_fractions():
     assert [fraction_key(f) for f in (0.01, 0.05, 0.1, 0.2, 1)] == ["0.01", "0.05", "0.1", "0.2", "1.0"]
     with pytest.raises(ValueError, match=r"in \(0, 1\]"):
         training_subset(10, 1.5, 0)
+
+
+def test_no_scorable_tag_is_an_error_and_unscorable_resamples_are_dropped():
+    from keras_music_ssl.errors import KmsslError
+
+    every = np.ones((4, 2), int)  # each tag on every track: no negative, no ROC-AUC
+    with pytest.raises(KmsslError, match="test split \\(4 tracks\\) has no scorable tag"):
+        bootstrap_metrics(every, np.full((4, 2), 0.5), ["a", "b"], resamples=5)
+    # one positive in 3 tracks: some resamples miss it (dropped), the point estimate is finite
+    labels, scores = np.array([[1], [0], [0]]), np.array([[0.9], [0.2], [0.1]])
+    got = bootstrap_metrics(labels, scores, ["a"], resamples=40, seed=0)
+    assert got["roc_auc_macro"]["point"] == 1.0
+    assert 0 < len(got["roc_auc_macro"]["resamples"]) < 40
+    assert all(np.isfinite(got[m]["mean"]) and np.isfinite(got[m]["ci95"]).all() for m in
+               ("roc_auc_macro", "pr_auc_macro", "roc_auc_micro", "pr_auc_micro"))

@@ -32,16 +32,18 @@ def add_arguments(parser):
 
 def run(args):
     from keras_music_ssl.compare import compare, comparison_table
+    from keras_music_ssl.errors import KmsslError
     from keras_music_ssl.probe.datasets import ProbeDataError
-    from keras_music_ssl.train import PretrainError
 
     try:
         comparison = compare(args.out, methods=args.methods, probe_dataset=args.probe_dataset,
                              protocol=args.protocol, bootstrap=args.bootstrap, data_dir=args.data_dir,
-                             probe_options={"epochs": args.probe_epochs} if args.probe_epochs else None,
+                             probe_options=None if args.probe_epochs is None else {"epochs": args.probe_epochs},
                              verbose=0 if args.quiet else 1, **settings_from(args))
-    except (PretrainError, ProbeDataError, FileNotFoundError) as error:
-        print(f"kmssl compare: {error}", file=sys.stderr)
+    # ProbeDataError: named until it is a KmsslError; FileNotFoundError: a --data source not found
+    except (KmsslError, ProbeDataError, FileNotFoundError) as error:
+        print(f"kmssl compare: {str(error).splitlines()[0] if str(error) else type(error).__name__}",
+              file=sys.stderr)
         return 2
     print(comparison_table(comparison))
     print(f"report -> {args.out}/comparison.md (figures comparison.png, pretraining.png; probe report in probe/)")

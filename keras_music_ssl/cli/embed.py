@@ -8,6 +8,7 @@ the others, and the skipped files are listed on stderr, or in OUT/skipped.csv on
 nothing could run.
 """
 
+import os
 import sys
 
 from keras_music_ssl.cli.runner import BEAM_MISSING, add_runner_arguments, check_runner_arguments, import_beam_module
@@ -29,8 +30,12 @@ def add_arguments(parser):
     parser.add_argument("--weights-dir", default=None,
                         help="where named presets live (default: $KMSSL_WEIGHTS_DIR)")
     parser.add_argument("--resume", action="store_true",
-                        help="keep the files already in --out and embed only the others "
-                             "(a --runner beam run always resumes)")
+                        help="keep the files already in --out and embed only the others; refused when "
+                             "--out was written with other weights (a --runner beam run always resumes)")
+    parser.add_argument("--overwrite", action="store_true", help="replace an existing --out .npz")
+    parser.add_argument("--max-duration", type=float, default=600.0, metavar="SECONDS",
+                        help="embed at most the first SECONDS of each file (default 600, as the paper; "
+                             "0: the whole file, whatever its length, in memory); files cut are counted")
     parser.add_argument("--save-every", type=float, default=300.0, metavar="SECONDS",
                         help="rewrite --out at most this often while running, so that an "
                              "interrupted run can --resume (default 300; local runner only)")
@@ -61,13 +66,40 @@ def run_beam(args, paths):
     return 0
 
 
+def report_cut(paths, max_duration, verb):
+    """Say on stderr how many files were longer than ``max_duration`` (only their start was used)."""
+    from keras_music_ssl.data.audio import duration_seconds
+
+    if max_duration:
+        cut = [p for p in paths if (duration_seconds(p) or 0.0) > max_duration + 1e-3]
+        if cut:
+            print(f"{len(cut)} file(s) longer than {max_duration:g} s: only their first {max_duration:g} s were "
+                  f"{verb} (--max-duration 0 uses whole files), e.g. {cut[0]}", file=sys.stderr)
+
+
 def run(args):
     from keras_music_ssl.embed import ResumeMismatchError, embed_to_file, expand_audio_paths
     from keras_music_ssl.presets import PresetNotFoundError
 
-    if args.batch_size < 1 or args.save_every < 0 or args.files_per_shard < 1:
-        print("kmssl embed: --batch-size and --files-per-shard must be positive and --save-every not negative.",
+    import math
+
+    from keras_music_ssl import storage
+
+    if args.batch_size < 1 or not (0 <= args.save_every < math.inf) or args.files_per_shard < 1:
+        print("kmssl embed: --batch-size and --files-per-shard must be positive and --save-every a finite "
+              "number >= 0.", file=sys.stderr)
+        return 2
+    if not (0 <= args.max_duration < math.inf):
+        print("kmssl embed: --max-duration must be a finite number of seconds >= 0 (0: whole files).",
               file=sys.stderr)
+        return 2
+    if args.resume and args.overwrite:
+        print("kmssl embed: --resume and --overwrite exclude each other.", file=sys.stderr)
+        return 2
+    storage.check_output(args.out, "folder" if args.runner == "beam" else "file")
+    if args.runner == "local" and os.path.exists(args.out) and not (args.resume or args.overwrite):
+        print(f"kmssl embed: {args.out} exists: --resume to continue it, --overwrite to replace it, "
+              "or choose another --out.", file=sys.stderr)
         return 2
     problem = check_runner_arguments(args)
     if problem:
@@ -86,9 +118,11 @@ def run(args):
     except PresetNotFoundError as error:
         print(f"kmssl embed: {error}", file=sys.stderr)
         return 2
+    max_duration = args.max_duration or None
     try:
         result = embed_to_file(encoder, paths, args.out, args.batch_size, resume=args.resume,
-                               save_every=args.save_every, preset=str(args.preset))
+                               save_every=args.save_every, preset=str(args.preset), max_duration=max_duration,
+                               overwrite=args.overwrite)
     except ResumeMismatchError as error:
         print(f"kmssl embed: {error}", file=sys.stderr)
         return 2
@@ -97,6 +131,7 @@ def run(args):
     if result.paths:
         print(f"{len(result.paths)} file(s) embedded -> {args.out} "
               f"(embeddings {result.embeddings.shape[0]} x {result.embeddings.shape[1]})")
+        report_cut(result.paths, max_duration, "embedded")
     else:
         print("no file could be embedded; nothing written.", file=sys.stderr)
     if result.skipped:

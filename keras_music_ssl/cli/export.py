@@ -31,11 +31,12 @@ def add_arguments(parser):
                              "tones, chords, noise, chirps and beats)")
     parser.add_argument("--out", required=True,
                         help="SavedModel folder, .tflite file, or ONNX folder (clips.onnx, track.onnx, tags) to write")
-    parser.add_argument("--overwrite", action="store_true", help="replace an existing --out")
+    parser.add_argument("--overwrite", action="store_true",
+                        help="replace an existing --out, if it is an earlier export (anything else is left alone)")
 
 
 def _fail(message):
-    print(f"kmssl export: error: {message}", file=sys.stderr)
+    print(f"kmssl export: error: {str(message).splitlines()[0]}", file=sys.stderr)
     return 2
 
 
@@ -80,11 +81,16 @@ def _calibration_clips(paths, clip_samples, sample_rate):
 
 
 def run(args):
-    from keras_music_ssl.export import ExportError, export, model_metadata
+    from keras_music_ssl import storage
+    from keras_music_ssl.export import ExportError, export, is_export, model_metadata
     from keras_music_ssl.presets import PresetNotFoundError
 
-    if os.path.exists(args.out) and not args.overwrite:
+    storage.check_output(args.out, "file" if args.format.startswith("tflite") else "folder")
+    if os.path.lexists(args.out) and not args.overwrite:
         return _fail(f"{args.out} exists (use --overwrite to replace it)")
+    if os.path.lexists(args.out) and not is_export(args.out):  # before loading anything
+        return _fail(f"{args.out} is not an export of keras_music_ssl: --overwrite replaces only an earlier "
+                     "export (remove it yourself, or choose another --out)")
     if args.calibration and args.format != "tflite-int8-full":
         return _fail("--calibration only applies to --format tflite-int8-full")
     for flag, path in (("--model", args.model), ("--head", args.head)):

@@ -1,8 +1,11 @@
 """kmssl prepare: audio folders / manifests -> sharded TFRecords of 16 kHz int16 for pretraining.
 
 Exit status: 0 when the run finished (skipped files are listed in OUT/skipped.csv and counted
-on stderr); 2 when it could not run (a missing source, OUT made with other settings/inputs,
---runner beam without Apache Beam installed, a bad --beam-option).
+on stderr); 2, with one line on stderr, when it could not run: an option out of range (checked
+before anything is read or written), a missing source, a malformed CSV manifest, an OUT that is a
+file, a folder of other files or one made with other settings/inputs, another run writing OUT,
+--runner beam without Apache Beam installed, a bad --beam-option, a full disk (rerun when there is
+space: the run resumes).
 """
 
 import sys
@@ -25,24 +28,29 @@ def add_arguments(parser):
     parser.add_argument("--min-duration", type=float, default=4.0, metavar="SEC",
                         help="skip shorter tracks as too_short (default 4 s, one view)")
     parser.add_argument("--max-duration", type=float, default=600.0, metavar="SEC",
-                        help="decode at most this many seconds per track (default 600, as the paper)")
-    parser.add_argument("--sample-rate", type=int, default=16000, help="output rate in Hz (default 16000)")
+                        help="decode at most this many seconds per track (default 600, as the paper; "
+                             "0: whole files)")
+    parser.add_argument("--sample-rate", type=int, default=16000,
+                        help="output rate in Hz (default 16000; 1000 to 384000)")
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
     add_runner_arguments(parser)
 
 
 def run(args):
-    if args.tracks_per_shard < 1:
-        print("kmssl prepare: --tracks-per-shard must be >= 1.", file=sys.stderr)
-        return 2
+    from keras_music_ssl.data.audio import shown_path
+    from keras_music_ssl.data.prepare import check_options
+
+    settings = dict(tracks_per_shard=args.tracks_per_shard, sample_rate=args.sample_rate,
+                    min_duration=args.min_duration, max_duration=args.max_duration)
+    check_options(**settings, workers=args.workers, flags=True)  # OptionError: one line, exit 2
     problem = check_runner_arguments(args)
     if problem is None and args.runner == "beam" and args.workers is not None:
         problem = "--workers is for the local runner; on Beam use --beam-option direct_num_workers=N."
     if problem:
         print(f"kmssl prepare: {problem}", file=sys.stderr)
         return 2
-    settings = dict(tracks_per_shard=args.tracks_per_shard, sample_rate=args.sample_rate,
-                    min_duration=args.min_duration, max_duration=args.max_duration)
+    # The failures a user can fix (a missing source, a bad manifest, OUT refused or busy, a full
+    # disk) are KmsslError/OSError lines printed by the kmssl error boundary (cli/__init__.py).
     try:
         if args.runner == "beam":
             beam = import_beam_module("keras_music_ssl.data.beam")
@@ -56,11 +64,17 @@ def run(args):
 
             report = prepare_shards(args.sources, args.out, workers=args.workers, progress=not args.no_progress,
                                     **settings)
-    except (FileNotFoundError, ValueError) as error:
+    except FileNotFoundError as error:
         print(f"kmssl prepare: {error}", file=sys.stderr)
         return 2
-    print(f"{report['tracks']} track(s), {report['hours']:.2f} h, in {report['shards']} shard(s) -> {args.out}")
+    except ValueError as error:  # Beam's option parser; a UnicodeError is a bug and keeps its traceback
+        if isinstance(error, UnicodeError):
+            raise
+        print(f"kmssl prepare: {error}", file=sys.stderr)
+        return 2
+    out = shown_path(args.out)
+    print(f"{report['tracks']} track(s), {report['hours']:.2f} h, in {report['shards']} shard(s) -> {out}")
     if report["skipped"]:
         reasons = ", ".join(f"{n} {reason}" for reason, n in report["skipped_by_reason"].items())
-        print(f"{report['skipped']} file(s) skipped ({reasons}): see {args.out}/skipped.csv", file=sys.stderr)
+        print(f"{report['skipped']} file(s) skipped ({reasons}): see {out}/skipped.csv", file=sys.stderr)
     return 0

@@ -13,6 +13,7 @@ With no --data: the embedded rendered dataset (built once into $KMSSL_DATA_DIR).
 
 import dataclasses
 import json
+import os
 import sys
 
 HELP = "Pretrain an encoder with a pretext method (contrastive, byol, clustering, barlow_twins, vicreg)."
@@ -105,10 +106,19 @@ def settings_from(args):
     """The PretrainConfig fields given by ``args`` (and ``--config``)."""
     from keras_music_ssl.train import PretrainError
 
+    from keras_music_ssl import storage
+
     settings = {}
     if getattr(args, "config", None):
-        with open(args.config) as f:
-            settings = json.load(f)["config"]
+        if not os.path.isfile(args.config):
+            raise PretrainError(f"--config {args.config}: no such file")
+        saved = storage.read_json(args.config, "--config")
+        if not isinstance(saved, dict) or not isinstance(saved.get("config"), dict):
+            raise PretrainError(f"--config {args.config}: not a run's config.json (no 'config' object)")
+        settings = dict(saved["config"])
+        unknown = sorted(set(settings) - {field for field, _ in OPTIONS.values()} - {"method_options"})
+        if unknown:
+            raise PretrainError(f"--config {args.config}: unknown settings {', '.join(unknown)}")
     for field, _ in OPTIONS.values():
         if getattr(args, field, None) is not None:
             settings[field] = getattr(args, field)
@@ -126,6 +136,16 @@ def settings_from(args):
     return settings
 
 
+def option_message(error):
+    """A PretrainError's message with the setting it names as its command-line option."""
+    message = str(error)
+    field = message.split(" ", 1)[0]
+    return FLAGS[field] + message[len(field):] if field in FLAGS else message
+
+
+FLAGS = {field: flag for flag, (field, _) in OPTIONS.items()}
+
+
 def run(args):
     from keras_music_ssl.train import PretrainConfig, PretrainError, pretrain
 
@@ -134,8 +154,8 @@ def run(args):
         distribute, devices = distribute_from(args)
         summary = pretrain(args.out, data_dir=args.data_dir, verbose=0 if args.quiet else 1,
                            distribute=distribute, devices=devices, **dataclasses.asdict(config))
-    except (PretrainError, FileNotFoundError, OSError) as error:
-        print(f"kmssl pretrain: {error}", file=sys.stderr)
+    except PretrainError as error:
+        print(f"kmssl pretrain: {option_message(error)}", file=sys.stderr)
         return 2
     final = ", ".join(f"{k} {v:.4g}" for k, v in summary["final"].items() if k != "epoch")
     print(f"finished {summary['method']} ({summary['steps']} steps): {final}")

@@ -52,39 +52,28 @@ def _fail(message):
 
 
 def run(args):
-    from keras_music_ssl.probe.datasets import ProbeDataError, load_probe_dataset
+    from keras_music_ssl import storage
+    from keras_music_ssl.errors import KmsslError
+    from keras_music_ssl.probe.datasets import ProbeDataError
     from keras_music_ssl.probe.fractions import DEFAULT_FRACTIONS
+    from keras_music_ssl.probe.harness import check_options, default_cache_dir, run_probe
+    from keras_music_ssl.probe.report import markdown_table
 
     fractions = args.fractions
     if fractions is not None and not fractions:
         fractions = list(DEFAULT_FRACTIONS)
-    if fractions and not all(0 < f <= 1 for f in fractions):
-        return _fail("--fractions must lie in (0, 1]")
-    if args.bootstrap < 1 or args.draws < 1 or args.batch_size < 1 or (args.epochs is not None and args.epochs < 1):
-        return _fail("--bootstrap, --draws, --batch-size and --epochs must be positive")
     try:
-        data = load_probe_dataset(args.dataset, audio_dir=args.audio_dir)
-    except (ProbeDataError, OSError) as error:
-        return _fail(str(error).splitlines()[0])
-    print(f"{data.name}: {data.report['splits']} tracks, {len(data.dataset.tags)} tags"
-          + (f"; dropped {data.report['dropped']}" if data.report["dropped"] else ""))
-
-    from keras_music_ssl.presets import PresetNotFoundError
-    from keras_music_ssl.probe.harness import run_probe
-    from keras_music_ssl.probe.models import resolve_model
-    from keras_music_ssl.probe.report import markdown_table
-
-    try:
-        models = [resolve_model(m, args.seed, args.weights_dir) for m in args.model]
-    except (PresetNotFoundError, TypeError) as error:
-        return _fail(str(error).splitlines()[0])
-    try:
-        results = run_probe(data, models, args.out, protocol=args.protocol, fractions=fractions, draws=args.draws,
-                            bootstrap=args.bootstrap, seed=args.seed, baseline=not args.no_baseline, cache_dir=args.cache_dir,
-                            embed_batch_size=args.batch_size, eval_chunks=args.eval_chunks,
-                            hidden_units=args.hidden_units, epochs=args.epochs)
-    except ValueError as error:
-        return _fail(str(error).splitlines()[0])
+        # Everything a user can get wrong is refused here, in one line, before any model is loaded.
+        check_options(args.bootstrap, args.draws, fractions, args.epochs, args.batch_size)
+        storage.check_output(args.out, "folder")
+        storage.check_output(args.cache_dir or default_cache_dir(), "folder", "--cache-dir")
+        results = run_probe(args.dataset, args.model, args.out, protocol=args.protocol, fractions=fractions,
+                            draws=args.draws, bootstrap=args.bootstrap, seed=args.seed, baseline=not args.no_baseline,
+                            cache_dir=args.cache_dir, embed_batch_size=args.batch_size, eval_chunks=args.eval_chunks,
+                            weights_dir=args.weights_dir, audio_dir=args.audio_dir, hidden_units=args.hidden_units,
+                            epochs=args.epochs)
+    except (KmsslError, ProbeDataError) as error:  # ProbeDataError: named until it is a KmsslError
+        return _fail(str(error).splitlines()[0] if str(error) else type(error).__name__)
     print(markdown_table(results))
     print(f"report -> {args.out}/results.md, results.json, bootstrap.png"
           + (", fractions.png" if fractions else ""))

@@ -16,12 +16,13 @@ def add_arguments(parser):
 
 
 def run(args):
+    from keras_music_ssl.errors import KmsslError
     from keras_music_ssl.quickstart import quickstart
-    from keras_music_ssl.train import PretrainError
 
     try:
         quickstart(args.out, seed=args.seed, data_dir=args.data_dir, verbose=0 if args.quiet else 1)
-    except PretrainError as error:
-        print(f"kmssl quickstart: {error}", file=sys.stderr)
+    except KmsslError as error:
+        print(f"kmssl quickstart: {str(error).splitlines()[0] if str(error) else type(error).__name__}",
+              file=sys.stderr)
         return 2
     return 0

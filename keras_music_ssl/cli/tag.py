@@ -11,6 +11,7 @@ model that cannot be used).
 """
 
 import json
+import os
 import sys
 
 HELP = "Tag audio files with an exported tagger (SavedModel folder or .tflite file)."
@@ -22,6 +23,9 @@ def add_arguments(parser):
     parser.add_argument("--top", type=int, default=5, help="number of tags to show per file (default 5)")
     parser.add_argument("--json", action="store_true", help="print one JSON document instead of text")
     parser.add_argument("--threads", type=int, default=None, help="TFLite interpreter threads")
+    parser.add_argument("--max-duration", type=float, default=600.0, metavar="SECONDS",
+                        help="tag at most the first SECONDS of each file (default 600; 0: the whole file, "
+                             "in memory); files cut are counted")
 
 
 def _fail(message):
@@ -44,8 +48,19 @@ def run(args):
     from keras_music_ssl.export import ExportError, load_exported
     from keras_music_ssl.track import UnusableTrack
 
+    import math
+
+    import numpy as np
+
+    from keras_music_ssl.cli.embed import report_cut
+
     if args.top < 1:
         return _fail("--top must be at least 1")
+    if args.threads is not None and args.threads < 1:
+        return _fail("--threads must be at least 1")
+    if not (0 <= args.max_duration < math.inf):
+        return _fail("--max-duration must be a finite number of seconds >= 0 (0: whole files)")
+    max_duration = args.max_duration or None
     try:
         model = load_exported(args.model, num_threads=args.threads)
     except (FileNotFoundError, ExportError) as error:
@@ -57,7 +72,7 @@ def run(args):
     results, skipped = [], []
     for path in tqdm(args.files, unit="file", desc="tag", disable=None, file=sys.stderr):
         try:
-            waveform = load_audio(path, sample_rate=meta["sample_rate"])
+            waveform = load_audio(path, sample_rate=meta["sample_rate"], max_duration=max_duration)
         except AudioError as error:
             skipped.append({"path": error.path, "reason": error.reason, "detail": error.detail})
             print(f"kmssl tag: skipping {error}", file=sys.stderr)
@@ -68,15 +83,20 @@ def run(args):
             skipped.append({"path": str(path), "reason": error.reason, "detail": error.detail})
             print(f"kmssl tag: skipping {path}: {error}", file=sys.stderr)
             continue
+        if not np.all(np.isfinite(out["probabilities"])):  # a model gone bad: never print NaN as a score
+            skipped.append({"path": str(path), "reason": "non_finite_output", "detail": "the model output NaN"})
+            print(f"kmssl tag: skipping {path}: the model output NaN or infinite scores", file=sys.stderr)
+            continue
         result = {"path": str(path), "num_chunks": int(out["num_chunks"]),
                   "tags": [{"tag": t, "score": s} for t, s in top_tags(out["probabilities"], meta["tags"], args.top)]}
         results.append(result)
         if not args.json:
-            print(result["path"])
+            print(os.fsencode(result["path"]).decode("utf-8", "backslashreplace"))  # any name the OS gives
             for item in result["tags"]:
                 print(f"  {item['score']:.3f}  {item['tag']}")
     if args.json:
         print(json.dumps({"model": str(args.model), "results": results, "skipped": skipped}, indent=2))
+    report_cut([r["path"] for r in results], max_duration, "tagged")
     if skipped:
         print(f"kmssl tag: {len(skipped)} of {len(args.files)} files skipped", file=sys.stderr)
     return 1 if skipped else 0

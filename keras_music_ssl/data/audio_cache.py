@@ -19,10 +19,10 @@ import json
 import logging
 import os
 import threading
-import uuid
 
 import numpy as np
 
+from keras_music_ssl import storage
 from keras_music_ssl.data.audio import MAX_DURATION, SAMPLE_RATE, AudioError, load_audio
 
 log = logging.getLogger(__name__)
@@ -90,17 +90,11 @@ class AudioCache:
     def _write(self, target, write):
         if not self._writable:
             return
-        temporary = f"{target}.{uuid.uuid4().hex}.tmp"
         try:
-            with open(temporary, "wb") as f:
+            with storage.atomic_write(target, "wb") as f:
                 write(f)
-            os.replace(temporary, target)
         except OSError as error:
             with self._lock:
                 if self._writable:
                     log.warning("audio cache %s: cannot write (%s); decoding without the cache", self.folder, error)
                 self._writable = False
-            try:
-                os.remove(temporary)
-            except OSError:
-                pass

@@ -69,7 +69,7 @@ def decoded_audio(records, report, paths, sample_rate=SAMPLE_RATE, max_duration=
         cache = None
 
     def load(path):
-        path = path.decode("utf-8")
+        path = os.fsdecode(path)  # the str os.walk gave, also for a name that is not UTF-8
         try:
             if cache is not None:
                 return cache.load(path)

@@ -37,6 +37,7 @@ from apache_beam.metrics.metric import Metrics, MetricsFilter
 from apache_beam.options.pipeline_options import PipelineOptions
 from apache_beam.runners.runner import PipelineState
 
+from keras_music_ssl import storage
 from keras_music_ssl.data import prepare
 from keras_music_ssl.data.audio import MAX_DURATION, SAMPLE_RATE
 from keras_music_ssl.data.parallel import default_workers
@@ -113,9 +114,9 @@ def run_pipeline(build, options, namespace):
 @contextlib.contextmanager
 def work_list(out, lines):
     """A temporary file in ``out`` that holds ``lines`` (JSON-able objects, one per line); yields
-    its path, or None when there are none. Its name matches the ``*.tmp-*`` files that a later
-    run removes, should this one be killed."""
-    path = prepare._tmp_path(os.path.join(out, "beam-work.jsonl"))
+    its path, or None when there are none. Its name is a ``storage`` temporary's, which a later
+    run removes should this one be killed."""
+    path = os.fspath(storage.partial_path(os.path.join(out, "beam-work.jsonl")))
     f = open(path, "w", encoding="utf-8")
     try:
         count = 0
@@ -170,20 +171,22 @@ def prepare_shards_beam(sources, out, tracks_per_shard=prepare.TRACKS_PER_SHARD,
     out = os.fspath(out)
     options = pipeline_options(beam_options)
     settings = prepare.prepare_settings(tracks_per_shard, sample_rate, min_duration, max_duration)
-    entries = prepare.open_prepared(sources, out, settings)
-    num_shards = 0
+    # The driver holds the folder's lock for the whole run, so a second run (local or Beam) on it
+    # is refused; the workers write inside it under that lock.
+    with prepare.prepared_folder(sources, out, settings) as entries:
+        num_shards = 0
 
-    def todo():
-        nonlocal num_shards
-        for k, chunk in prepare.iter_shard_inputs(entries, tracks_per_shard):
-            num_shards = k + 1
-            if not prepare.shard_finished(out, k, [path for path, _ in chunk]):
-                yield {"shard": k, "entries": chunk}
+        def todo():
+            nonlocal num_shards
+            for k, chunk in prepare.iter_shard_inputs(entries, tracks_per_shard):
+                num_shards = k + 1
+                if not prepare.shard_finished(out, k, [path for path, _ in chunk]):
+                    yield {"shard": k, "entries": chunk}
 
-    counters = {}
-    with work_list(out, todo()) as path:
-        if path is not None:
-            fn = PrepareShard(out, sample_rate, min_duration, max_duration)
-            counters = run_pipeline(lambda p: read_and_spread(p, path) | "Prepare shards" >> beam.ParDo(fn),
-                                    options, NAMESPACE)
-    return prepare.finish_prepared(out, num_shards, settings), counters
+        counters = {}
+        with work_list(out, todo()) as path:
+            if path is not None:
+                fn = PrepareShard(out, sample_rate, min_duration, max_duration)
+                counters = run_pipeline(lambda p: read_and_spread(p, path) | "Prepare shards" >> beam.ParDo(fn),
+                                        options, NAMESPACE)
+        return prepare.finish_prepared(out, num_shards, settings), counters

@@ -35,10 +35,11 @@ def split_shards(dataset, split="train", progress=True):
     out = os.path.join(dataset.root, f"shards-{split}")
     manifest = os.path.join(dataset.root, f"{split}_manifest.csv")
     if not os.path.exists(manifest):
-        with open(manifest + ".partial", "w", newline="") as f:
+        from keras_music_ssl import storage
+
+        with storage.atomic_write(manifest, newline="") as f:
             writer = csv.writer(f)
             writer.writerow(["path"])
             writer.writerows([p] for p in dataset.split(split).paths)
-        os.replace(manifest + ".partial", manifest)
     prepare_shards([manifest], out, progress=progress)
     return out

@@ -3,7 +3,7 @@ the rendered dataset are all converted to it).
 
 A dataset is a folder with two files:
 
-``metadata.csv`` (UTF-8, comma-separated, with a header), one row per audio clip or track:
+``metadata.csv`` (UTF-8, a byte-order mark allowed, comma-separated, with a header), one row per audio clip or track:
 
 ============  ===========================================================================
 column        meaning
@@ -16,8 +16,10 @@ column        meaning
 ``duration``  optional: seconds
 ============  ===========================================================================
 
-Other columns are allowed and kept. ``tags.txt``: the tag vocabulary, one tag per line; its
-order is the column order of the multi-hot label matrix.
+Other columns are allowed and kept. A row has at most the header's number of fields (trailing
+optional ones left off read as empty) and a column name appears once, else
+:class:`~keras_music_ssl.data.csvfile.CsvFileError` names the line. ``tags.txt``: the tag
+vocabulary, one tag per line; its order is the column order of the multi-hot label matrix.
 """
 
 import csv
@@ -25,6 +27,9 @@ import dataclasses
 import os
 
 import numpy as np
+
+from keras_music_ssl import storage
+from keras_music_ssl.data.csvfile import CsvFileError, read_rows
 
 METADATA_FILE = "metadata.csv"
 TAGS_FILE = "tags.txt"
@@ -82,23 +87,24 @@ def read_labeled_dataset(path, strict=True):
     path = os.fspath(path)
     csv_path = os.path.join(path, METADATA_FILE) if os.path.isdir(path) else path
     root = os.path.dirname(os.path.abspath(csv_path))
-    with open(os.path.join(root, TAGS_FILE), encoding="utf-8") as f:
-        tags = [line.strip() for line in f if line.strip()]
+    tags_path = os.path.join(root, TAGS_FILE)
+    try:
+        with open(tags_path, encoding="utf-8-sig") as f:  # -sig: a BOM is not part of the first tag
+            tags = [line.strip() for line in f if line.strip()]
+    except UnicodeDecodeError as error:
+        raise CsvFileError(f"{tags_path}: not UTF-8 text ({error.reason})") from None
     if len(set(tags)) != len(tags):
-        raise ValueError(f"{root}/{TAGS_FILE} lists a tag twice")
-    with open(csv_path, newline="", encoding="utf-8") as f:
-        reader = csv.DictReader(f)
-        missing = [c for c in REQUIRED if c not in (reader.fieldnames or [])]
-        if missing:
-            raise ValueError(f"{csv_path}: missing column(s) {missing}")
-        rows = list(reader)
-    known = set(tags)
-    for line, row in enumerate(rows, start=2):
+        raise CsvFileError(f"{tags_path} lists a tag twice")
+    known, rows = set(tags), []
+    # A malformed row (a field missing, a duplicated column, a field over 128 KB) is an error
+    # naming its line, not a row of None fields or a silently dropped value (data/csvfile.py).
+    for line, row in read_rows(csv_path, required=REQUIRED):
         if row["split"] not in SPLITS:
-            raise ValueError(f"{csv_path}:{line}: split {row['split']!r} is not one of {SPLITS}")
+            raise CsvFileError(f"{csv_path}:{line}: split {row['split']!r} is not one of {SPLITS}")
         unknown = [t for t in split_tags(row["tags"]) if t not in known]
         if unknown and strict:
-            raise ValueError(f"{csv_path}:{line}: tag(s) {unknown} not in {TAGS_FILE}")
+            raise CsvFileError(f"{csv_path}:{line}: tag(s) {unknown} not in {TAGS_FILE}")
+        rows.append(row)
     return LabeledDataset(root, tags, rows)
 
 
@@ -108,10 +114,9 @@ def write_labeled_dataset(root, rows, tags):
     os.makedirs(root, exist_ok=True)
     extra = sorted({key for row in rows for key in row} - set(COLUMNS))
     header = list(COLUMNS) + extra
-    with open(os.path.join(root, METADATA_FILE), "w", newline="", encoding="utf-8") as f:
+    with storage.atomic_write(os.path.join(root, METADATA_FILE), newline="") as f:
         writer = csv.DictWriter(f, header, lineterminator="\n", restval="")
         writer.writeheader()
         writer.writerows(rows)
-    with open(os.path.join(root, TAGS_FILE), "w", encoding="utf-8") as f:
-        f.write("".join(f"{tag}\n" for tag in tags))
+    storage.write_text(os.path.join(root, TAGS_FILE), "".join(f"{tag}\n" for tag in tags))
     return read_labeled_dataset(root)

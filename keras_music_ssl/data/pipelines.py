@@ -49,7 +49,7 @@ def track_dataset(source, seed=0, shuffle=True, repeat=True, cycle_length=8, rep
         files = list_shards(source) if prepared else list_audio_files(source)
         if not files:
             raise FileNotFoundError(f"no shards and no audio files in {source}")
-    ds = tf.data.Dataset.from_tensor_slices(files)
+    ds = tf.data.Dataset.from_tensor_slices([os.fsencode(f) for f in files])  # any file name, UTF-8 or not
     if shuffle:
         ds = ds.shuffle(len(files), seed=seed, reshuffle_each_iteration=True)
     if repeat:

@@ -225,10 +225,9 @@ def _stage1(work, cache_dir, bars=BARS):
             notes = score_notes(work, bars)
         except Exception as error:  # a score music21 cannot parse is dropped, and counted
             notes = {"error": f"{type(error).__name__}: {error}"}
-        tmp = f"{path}.tmp-{os.getpid()}"
-        with open(tmp, "w") as f:
-            json.dump(notes if notes is not None else {"error": "no notes"}, f)
-        os.replace(tmp, path)
+        from keras_music_ssl import storage
+
+        storage.write_text(path, json.dumps(notes if notes is not None else {"error": "no notes"}))
     with open(path) as f:
         return json.load(f)
 

@@ -12,6 +12,8 @@ equal); :func:`chunk_track` is ``track.chunk_waveform`` (test time: zero-padded 
 embeddings are averaged).
 """
 
+import os
+
 import numpy as np
 import tensorflow as tf
 
@@ -68,7 +70,7 @@ def segment_dataset(dataset, split, batch_size=256, seed=0, shuffle_buffer=4999,
     track_seed = tf.constant(seed, tf.int64)
 
     def no_segments(path, samples):
-        path = path.decode("utf-8")
+        path = os.fsdecode(path)
         if samples < segment_samples:
             report.add(path, "too_short", f"{samples} samples < one segment of {segment_samples}")
         else:

@@ -6,7 +6,8 @@ Features:
   peak-normalised 16 kHz mono signal (half the size of float32, 96 dB of dynamic range);
 - ``num_samples``, ``sample_rate``: int64;
 - ``id``: a stable id, the first 16 hex digits of sha1(path);
-- ``path``: the source path as listed;
+- ``path``: the source path as listed, as the OS's bytes (UTF-8 for a UTF-8 name; read it back
+  with ``os.fsdecode``);
 - ``meta``: JSON (sorted keys) of the extra manifest columns, ``{}`` if none.
 
 Writing uses TensorFlow's record writer; parsing is plain tf ops, so it runs inside tf.data
@@ -25,13 +26,18 @@ SHARD_PATTERN = "shard-*.tfrecord"
 
 
 def track_id(path):
-    """A stable 16-hex-digit id for a source path."""
-    return hashlib.sha1(os.fspath(path).encode("utf-8")).hexdigest()[:16]
+    """A stable 16-hex-digit id for a source path (of its bytes: the UTF-8 of a UTF-8 name)."""
+    return hashlib.sha1(os.fsencode(path)).hexdigest()[:16]
 
 
 def to_int16(waveform):
-    """float32 in [-1, 1] -> int16 (clipped, rounded)."""
-    return np.clip(np.round(np.asarray(waveform, np.float32) * INT16_SCALE), -INT16_SCALE, INT16_SCALE).astype("<i2")
+    """float32 in [-1, 1] -> int16 (clipped, rounded). Raises ``ValueError`` for NaN or infinite
+    samples, which have no int16 value (the cast would make them 0 or -32768 silently)."""
+    waveform = np.asarray(waveform, np.float32)
+    bad = np.size(waveform) - np.count_nonzero(np.isfinite(waveform))
+    if bad:
+        raise ValueError(f"{bad} NaN or infinite sample(s) cannot be stored as int16")
+    return np.clip(np.round(waveform * INT16_SCALE), -INT16_SCALE, INT16_SCALE).astype("<i2")
 
 
 def encode_track(path, audio_int16, sample_rate, meta=None):
@@ -50,7 +56,7 @@ def encode_track(path, audio_int16, sample_rate, meta=None):
         "num_samples": _int(len(audio_int16)),
         "sample_rate": _int(sample_rate),
         "id": _bytes(track_id(path).encode()),
-        "path": _bytes(path.encode("utf-8")),
+        "path": _bytes(os.fsencode(path)),  # the name's own bytes, so a reader can reopen it (os.fsdecode)
         "meta": _bytes(json.dumps(meta or {}, sort_keys=True).encode("utf-8")),
     }
     example = tf.train.Example(features=tf.train.Features(feature=features))

@@ -34,11 +34,32 @@ All randomness is stateless from the ``seed`` argument (shape (2,) ints), so the
 the same views. Only tf ops: the sampler runs in tf.data whatever the Keras backend.
 """
 
+import math
+import numbers
+
 import tensorflow as tf
+
+from keras_music_ssl.errors import OptionError
 
 SEGMENT_SAMPLES = 64000  # 4 s at 16 kHz: the backbone's fixed input length
 MIN_GAP = 64000  # 4 s between start times (spec §1)
 COUNTERS = ("tracks", "reduced_gap", "padded", "silent_views")
+MAX_GAIN_DB = 100.0  # 10**(gain/20) stays far inside float32; louder makes no sense as an augmentation
+MIN_SNR_DB = -100.0  # noise at most 100 dB above the view
+
+
+def _integer(name, value, low):
+    if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < low:
+        raise OptionError(f"{name} must be an integer >= {low}, got {value!r}")
+
+
+def _real(name, value, low=-math.inf, high=math.inf):
+    """A finite number in [low, high]; NaN, infinities and non-numbers are refused naming ``name``."""
+    if isinstance(value, bool) or not isinstance(value, numbers.Real) or not math.isfinite(value) \
+            or not low <= value <= high:
+        bounds = "" if (low, high) == (-math.inf, math.inf) else \
+            f" in [{low}, {high}]" if math.isfinite(high) else f" >= {low}"
+        raise OptionError(f"{name} must be a finite number{bounds}, got {value!r}")
 
 
 def _seeds(seed, count):
@@ -80,20 +101,27 @@ class ViewSampler:
     def __init__(self, num_views=2, segment_samples=SEGMENT_SAMPLES, min_gap=MIN_GAP, max_gap=None,
                  silence_aware=False, silence_threshold=-7.5, silence_attempts=8,
                  gain_db=0.0, polarity=0.0, noise_snr_db=None):
-        if num_views < 2:
-            raise ValueError(f"num_views must be >= 2, got {num_views}")
-        if segment_samples < 1 or min_gap < 0:
-            raise ValueError("segment_samples must be >= 1 and min_gap >= 0")
-        if max_gap is not None and max_gap < (num_views - 1) * min_gap:
-            raise ValueError(f"max_gap={max_gap} cannot hold {num_views} views {min_gap} samples apart "
-                             f"(needs >= {(num_views - 1) * min_gap})")
-        if not 0.0 <= polarity <= 1.0 or gain_db < 0 or silence_attempts < 1:
-            raise ValueError("polarity must be in [0, 1], gain_db >= 0, silence_attempts >= 1")
+        _integer("num_views", num_views, 2)
+        _integer("segment_samples", segment_samples, 1)
+        _integer("min_gap", min_gap, 0)
+        if max_gap is not None:
+            _integer("max_gap", max_gap, 0)
+            if max_gap < (num_views - 1) * min_gap:
+                raise OptionError(f"max_gap={max_gap} cannot hold {num_views} views {min_gap} samples apart "
+                                  f"(needs >= {(num_views - 1) * min_gap})")
+        _integer("silence_attempts", silence_attempts, 1)
+        # NaN passes no comparison, so an unchecked NaN gain or SNR made every view all-NaN.
+        _real("silence_threshold", silence_threshold)
+        _real("gain_db", gain_db, 0.0, MAX_GAIN_DB)
+        _real("polarity", polarity, 0.0, 1.0)
+        if noise_snr_db is not None:
+            _real("noise_snr_db", noise_snr_db, MIN_SNR_DB)
         self.num_views, self.segment_samples = int(num_views), int(segment_samples)
         self.min_gap, self.max_gap = int(min_gap), None if max_gap is None else int(max_gap)
         self.silence_aware, self.silence_threshold = bool(silence_aware), float(silence_threshold)
         self.silence_attempts = int(silence_attempts)
-        self.gain_db, self.polarity, self.noise_snr_db = float(gain_db), float(polarity), noise_snr_db
+        self.gain_db, self.polarity = float(gain_db), float(polarity)
+        self.noise_snr_db = None if noise_snr_db is None else float(noise_snr_db)
         self._counters = {name: tf.Variable(0, dtype=tf.int64, trainable=False, name=name) for name in COUNTERS}
 
     def get_config(self):

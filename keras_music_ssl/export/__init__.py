@@ -85,41 +85,60 @@ def export(model, path, format="savedmodel", representative=None, overwrite=Fals
     Under the TensorFlow backend it exports in-process; under JAX or PyTorch it saves the
     model to a temporary ``.keras`` file and exports that in a TensorFlow subprocess.
     The result appears at ``path`` only when complete (written beside it, then renamed).
+    ``overwrite`` replaces only an earlier export (:func:`is_export`), never another file or
+    folder; a model with a NaN or infinite weight is refused.
     """
     if format not in FORMATS:
         raise ValueError(f"format must be one of {FORMATS}, got {format!r}")
     import keras
 
+    from keras_music_ssl import storage
+    from keras_music_ssl.presets import require_finite_weights
+
     model_metadata(model)  # type check before any work
+    require_finite_weights(model, f"the {type(model).__name__} to export")
     path = pathlib.Path(path)
-    if path.exists() and not overwrite:
-        raise FileExistsError(f"{path} exists; pass overwrite=True to replace it.")
-    path.parent.mkdir(parents=True, exist_ok=True)
-    partial = path.with_name(f".{path.name}.partial")
-    _remove(partial)
-    try:
-        if keras.backend.backend() != "tensorflow":
-            _export_in_tensorflow(model, partial, format, representative)
-        elif format == "savedmodel":
-            export_saved_model(model, partial)
-        elif format == "onnx":
-            export_onnx(model, partial)
-        else:
-            export_tflite(model, partial, QUANTIZATIONS[format], representative)
-        _remove(path)
-        os.replace(partial, path)
-    finally:
-        _remove(partial)
+    storage.check_output(path, "file" if format.startswith("tflite") else "folder", "the export path")
+    with storage.locked(path, folder=False):
+        if os.path.lexists(path):
+            if not overwrite:
+                raise storage.OutputExistsError(f"{path} exists; pass overwrite=True (--overwrite) to replace it.")
+            if not is_export(path):
+                raise storage.StorageError(f"{path} is not an export of keras_music_ssl; not replacing it "
+                                           "(remove it yourself, or choose another output)")
+        with storage.atomic_target(path, ".tflite" if format.startswith("tflite") else "") as partial:
+            if keras.backend.backend() != "tensorflow":
+                _export_in_tensorflow(model, partial, format, representative)
+            elif format == "savedmodel":
+                export_saved_model(model, partial)
+            elif format == "onnx":
+                export_onnx(model, partial)
+            else:
+                export_tflite(model, partial, QUANTIZATIONS[format], representative)
+            if partial.is_dir():
+                storage.mark_output(partial, "export", format=format)
+            if os.path.lexists(path) and partial.is_dir() != path.is_dir():  # another format: checked ours above
+                storage.remove_output(path, "export", recognise=is_export)
     return path
 
 
-def _remove(path):
-    import shutil
+def is_export(path):
+    """True for what :func:`export` writes: a folder with its marker, a SavedModel or ONNX folder
+    carrying keras_music_ssl's metadata (exports older than the marker), or a ``.tflite`` file
+    carrying it."""
+    from keras_music_ssl import storage
 
+    path = pathlib.Path(path)
+    if path.is_symlink():
+        return False
     if path.is_dir():
-        shutil.rmtree(path)
-    elif path.exists():
-        path.unlink()
+        return storage.made_by(path) == "export" or (path / "assets.extra" / METADATA_FILE).is_file() or (
+            (path / "clips.onnx").is_file() and (path / METADATA_FILE).is_file())
+    try:
+        read_metadata(path)
+        return True
+    except (ExportError, OSError):
+        return False
 
 
 def export_keras_file(keras_path, path, format="savedmodel", representative=None):
@@ -149,6 +168,7 @@ def _export_in_tensorflow(model, path, format, representative):
                "PYTHONPATH": os.pathsep.join(filter(None, [package_root, os.environ.get("PYTHONPATH")]))}
         done = subprocess.run([sys.executable, "-c", code, keras_path, str(path), format, calibration],
                               env=env, capture_output=True, text=True)
-        if done.returncode:
-            raise ExportError(f"Export in the TensorFlow subprocess failed:\n{done.stderr[-3000:]}")
+        if done.returncode:  # the exception's own line first: the CLI prints one line
+            last = ([line for line in done.stderr.splitlines() if line.strip()] or ["no output"])[-1]
+            raise ExportError(f"export in the TensorFlow subprocess failed: {last}\n{done.stderr[-3000:]}")
     return path

@@ -10,11 +10,13 @@ import json
 import pathlib
 import zipfile
 
+from keras_music_ssl.errors import KmsslError
+
 METADATA_FILE = "keras_music_ssl.json"
 TAGS_FILE = "tags.txt"
 
 
-class ExportError(RuntimeError):
+class ExportError(KmsslError, RuntimeError):
     """A model that cannot be exported, or an exported file that cannot be used."""
 
 
@@ -48,11 +50,13 @@ def write_metadata_files(folder, meta):
 
 
 def read_metadata(path):
-    """The metadata of an exported model: a SavedModel or ONNX folder, or a ``.tflite`` file."""
+    """The metadata of an exported model: a SavedModel or ONNX folder, or a ``.tflite`` file.
+    Metadata that is missing, unreadable or not of the shape ``model_metadata`` writes (a
+    tampered file) raises :class:`ExportError`."""
     path = existing_model_path(path)
     for beside in (path / "assets.extra" / METADATA_FILE, path / METADATA_FILE):
         if beside.is_file():
-            return json.loads(beside.read_text())
+            return checked_metadata(beside.read_bytes(), beside)
     if path.is_dir():
         import tensorflow as tf
 
@@ -62,9 +66,32 @@ def read_metadata(path):
         return decode_metadata(signature())
     try:
         with zipfile.ZipFile(path) as archive:
-            return json.loads(archive.read(METADATA_FILE))
-    except (zipfile.BadZipFile, KeyError):
-        raise ExportError(f"{path} carries no {METADATA_FILE}: not exported by keras_music_ssl.") from None
+            return checked_metadata(archive.read(METADATA_FILE), path)
+    except (zipfile.BadZipFile, KeyError, zipfile.LargeZipFile, EOFError, ValueError, NotImplementedError):
+        raise ExportError(f"{path} carries no readable {METADATA_FILE}: not exported by keras_music_ssl, "
+                          "or damaged.") from None
+
+
+def checked_metadata(data, source):
+    """The metadata in ``data`` (JSON bytes), checked field by field."""
+    try:
+        meta = json.loads(data)
+    except (json.JSONDecodeError, UnicodeDecodeError) as error:
+        raise ExportError(f"{source}: the model's metadata is not valid JSON ({error}).") from None
+    problems = []
+    if not isinstance(meta, dict):
+        raise ExportError(f"{source}: the model's metadata is not a JSON object.")
+    if meta.get("kind") not in ("embedder", "tagger"):
+        problems.append(f"kind {meta.get('kind')!r}")
+    tags = meta.get("tags")
+    if not isinstance(tags, list) or not all(isinstance(t, str) for t in tags):
+        problems.append("tags not a list of names")
+    for key in ("sample_rate", "clip_samples"):
+        if not isinstance(meta.get(key), int) or isinstance(meta.get(key), bool) or meta[key] <= 0:
+            problems.append(f"{key} {meta.get(key)!r}")
+    if problems:
+        raise ExportError(f"{source}: the model's metadata is damaged ({', '.join(problems)}).")
+    return meta
 
 
 def decode_metadata(outputs):

@@ -18,7 +18,7 @@ _LAZY = {
     "resolve_model": "models", "probed_model": "models", "ProbedModel": "models",
     "LogMelStats": "baselines",
     "extract_split": "extract",
-    "train_probe": "probe", "PROTOCOLS": "probe",
+    "train_probe": "probe", "PROTOCOLS": "probe", "ProbeError": "probe",
     "tagging_metrics": "metrics", "bootstrap_metrics": "metrics",
     "training_subset": "fractions", "DEFAULT_FRACTIONS": "fractions",
     "write_report": "report",

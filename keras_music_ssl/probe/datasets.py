@@ -34,6 +34,7 @@ import pickle
 import numpy as np
 
 from keras_music_ssl.data.labeled_csv import SPLITS, LabeledDataset, read_labeled_dataset, split_tags
+from keras_music_ssl.errors import KmsslError
 
 # jongpillee/music_dataset_split MTAT_split/top50_tags.txt: the column order of y_*_pub.npy.
 MTAT_TAGS = (
@@ -48,7 +49,7 @@ JAMENDO_SUBSETS = ("top50tags", "instrument", "moodtheme", "genre", "all")
 JAMENDO_SPLITS = {"train": "train", "valid": "validation", "test": "test"}
 
 
-class ProbeDataError(ValueError):
+class ProbeDataError(KmsslError, ValueError):
     """A dataset that cannot be probed; the message says why in one line."""
 
 

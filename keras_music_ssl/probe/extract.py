@@ -13,16 +13,21 @@ Cache: ``cache_dir/<model>-<fingerprint>/<split>-<key>/``, where ``key`` hashes 
 weights fingerprint, the split's file list (path, size, mtime) and the protocol. Tracks are
 embedded in blocks of ``block_size``; each finished block is written atomically
 (``part-NNNNN.npz``), so a killed run resumes at the first missing block and a finished split is
-read back without calling the model. Files that cannot be used are skipped, with their reasons.
+read back without calling the model. A block file that cannot be read back (truncated, edited,
+another block's) is embedded again, with a one-line warning. Files that cannot be used are
+skipped, with their reasons.
 """
 
 import dataclasses
 import hashlib
 import json
 import os
+import sys
+import zipfile
 
 import numpy as np
 
+from keras_music_ssl import storage
 from keras_music_ssl.data.audio import MAX_DURATION
 from keras_music_ssl.embed import iter_track_embeddings
 from keras_music_ssl.track import (MAX_SEGMENTS, RMS_THRESHOLD, UnusableTrack, evaluation_chunks,
@@ -93,10 +98,28 @@ def _chunker(split, seed, num_samples, max_segments, threshold, eval_chunks):
 
 
 def _write_part(path, arrays):
-    partial = f"{path}.partial"
-    with open(partial, "wb") as f:
+    with storage.atomic_write(path, "wb") as f:
         np.savez(f, **arrays)
-    os.replace(partial, path)
+
+
+def _read_part(path, block, dim):
+    """The arrays of a finished block, or None when ``path`` is missing or not that block."""
+    if not os.path.isfile(path):
+        return None
+    try:
+        with np.load(path, allow_pickle=False) as data:
+            part = {k: data[k] for k in ("paths", "counts", "reasons", "features")}
+        consistent = (part["paths"].tolist() == list(block) and len(part["counts"]) == len(block)
+                      and len(part["reasons"]) == len(block) and part["features"].ndim == 2
+                      and part["features"].shape == (int(part["counts"].sum()), dim))
+        if consistent:
+            return part
+        reason = "it does not hold this block's embeddings"
+    except (OSError, ValueError, EOFError, KeyError, zipfile.BadZipFile) as error:
+        reason = f"{type(error).__name__}: {error}"
+    print(f"warning: cached embeddings {path} are unreadable ({reason}); embedding that block again",
+          file=sys.stderr, flush=True)
+    return None
 
 
 def _embed_block(probed, paths, split, chunker, batch_size, max_duration, bar):
@@ -134,26 +157,29 @@ def extract_split(probed, dataset, split, cache_dir, seed=0, batch_size=32, bloc
     chunker = _chunker(split, seed, num_samples, max_segments, threshold, eval_chunks)
     blocks = [paths[i:i + block_size] for i in range(0, len(paths), block_size)]
     files = [os.path.join(folder, f"part-{b:05d}.npz") for b in range(len(blocks))]
-    done = sum(len(block) for block, file in zip(blocks, files) if os.path.isfile(file))
+    dim = int(probed.model.output_dim)
+    storage.clean_partials(folder, only_dead=True)  # the cache is shared: only what killed writers left
+    parts = [_read_part(file, block, dim) for block, file in zip(blocks, files)]
+    done = sum(len(block) for block, part in zip(blocks, parts) if part is not None)
     with tqdm(total=len(paths), initial=done, unit="track", desc=f"{probed.name} {split}",
               disable=not progress or done == len(paths)) as bar:
-        for block, file in zip(blocks, files):
-            if not os.path.isfile(file):
-                _write_part(file, _embed_block(probed, block, split, chunker, batch_size, max_duration, bar))
+        for b, (block, file) in enumerate(zip(blocks, files)):
+            if parts[b] is None:
+                parts[b] = _embed_block(probed, block, split, chunker, batch_size, max_duration, bar)
+                _write_part(file, parts[b])
     features, counts, reasons = [], [], []
-    for file in files:
-        with np.load(file, allow_pickle=False) as data:
-            features.append(data["features"])
-            counts += data["counts"].tolist()
-            reasons += [str(r) for r in data["reasons"]]
+    for part in parts:
+        features.append(part["features"])
+        counts += part["counts"].tolist()
+        reasons += [str(r) for r in part["reasons"]]
     keep_rows = [i for i, count in enumerate(counts) if count]  # the cache follows ``paths``
     kept = [paths[i] for i in keep_rows]
     track = [t for t, i in enumerate(keep_rows) for _ in range(counts[i])]
     skipped = [(paths[i], reasons[i]) for i, count in enumerate(counts) if not count]
-    with open(os.path.join(folder, "info.json"), "w") as f:
-        json.dump({"model": probed.name, "fingerprint": probed.fingerprint, "split": split,
-                   "protocol": protocol, "tracks": len(paths), "skipped": len(skipped)}, f, indent=1)
-    dim = int(probed.model.output_dim)
+    # For people reading the cache; never read back, so a broken one is simply rewritten.
+    storage.write_json(os.path.join(folder, "info.json"), {
+        "model": probed.name, "fingerprint": probed.fingerprint, "split": split, "protocol": protocol,
+        "tracks": len(paths), "skipped": len(skipped)}, indent=1)
     return SplitFeatures(kept, labels[keep_rows].reshape(len(kept), labels.shape[1]),
                          np.concatenate(features) if features else np.zeros((0, dim), np.float32),
                          np.asarray(track, np.int64), skipped)

@@ -11,28 +11,91 @@ For each model (the ones asked for, then ``logmel-stats`` unless ``baseline=Fals
 
 The report (``report.py``) is rewritten after each model, and each finished model's result is
 kept in ``<out>/models/<model>.json`` with the settings it was computed with: a rerun with the
-same settings skips it.
+same settings skips it (a state file that cannot be read back is ignored, with a warning, and
+that model is probed again).
+
+Before any model is loaded: the options, ``out`` and the cache folder are checked, and the
+valid and test splits must each have a scorable tag (else no metric exists). ``out`` is locked
+for the whole run (a second process on it is refused at once) and every file in it is written
+atomically, so a run killed at any point resumes and ends with the report an uninterrupted run
+writes.
 """
 
 import hashlib
 import json
 import os
+import sys
 import time
 
 import numpy as np
 
+from keras_music_ssl import storage
+from keras_music_ssl.errors import OptionError
 from keras_music_ssl.probe.datasets import ProbeData, load_probe_dataset
 from keras_music_ssl.probe.extract import extract_split
 from keras_music_ssl.probe.fractions import DRAWS, fraction_key, training_subset
-from keras_music_ssl.probe.metrics import bootstrap_metrics, tagging_metrics
+from keras_music_ssl.probe.metrics import METRICS, bootstrap_metrics, require_scorable, tagging_metrics
 from keras_music_ssl.probe.models import LOGMEL_STATS, ProbedModel, probed_model, resolve_model
-from keras_music_ssl.probe.probe import protocol_settings, train_probe
+from keras_music_ssl.probe.probe import ProbeError, protocol_settings, train_probe
 
 SPLITS = ("train", "valid", "test")
 
 
 def default_cache_dir():
     return os.path.expanduser(os.environ.get("KMSSL_CACHE_DIR", "~/.cache/keras_music_ssl/embeddings"))
+
+
+def check_options(bootstrap=50, draws=DRAWS, fractions=None, epochs=None, embed_batch_size=32, options=None):
+    """Raise :class:`OptionError` (naming the command-line option) for a value out of range.
+
+    ``options`` renames options for another command (``{"epochs": "--probe-epochs"}``)."""
+    names = {"bootstrap": "--bootstrap", "draws": "--draws", "fractions": "--fractions", "epochs": "--epochs",
+             "embed_batch_size": "--batch-size", **(options or {})}
+    for key, value in (("bootstrap", bootstrap), ("draws", draws), ("epochs", epochs),
+                       ("embed_batch_size", embed_batch_size)):
+        if value is not None and (isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 1):
+            raise OptionError(f"{names[key]} must be a positive integer, got {value!r}")
+    if fractions and not all(0 < float(f) <= 1 for f in fractions):
+        raise OptionError(f"{names['fractions']} must lie in (0, 1], got {' '.join(map(str, fractions))}")
+
+
+def check_scorable(data):
+    """Raise :class:`ProbeError` unless the valid and test splits of ``data`` (a :class:`ProbeData`)
+    each have a tag with positive and negative tracks: checked before any embedding or training."""
+    for split in ("valid", "test"):
+        try:
+            require_scorable(data.dataset.split(split).labels, split, data.dataset.tags)
+        except ProbeError as error:
+            raise ProbeError(f"{data.name}: {error}") from None
+
+
+def _warn(message):
+    print(f"warning: {message}", file=sys.stderr, flush=True)
+
+
+def _read_state(path):
+    """A finished model's saved ``{"key", "result"}``, or None (absent, or unreadable: recomputed)."""
+    if not os.path.exists(path):
+        return None
+    try:
+        state = storage.read_json(path, "probe state")
+    except (storage.StorageError, OSError) as error:
+        _warn(f"{str(error).splitlines()[0]}; probing that model again")
+        return None
+    result = state.get("result") if isinstance(state, dict) else None
+    if not (isinstance(result, dict) and isinstance(result.get("test"), dict)
+            and all(isinstance(result["test"].get(m), dict) for m in METRICS)):
+        _warn(f"{path}: not a probe state file; probing that model again")
+        return None
+    return state
+
+
+def _save_head(head, path):
+    """``save_tag_head`` written atomically (Keras wants the ``.keras`` suffix on its file name)."""
+    from keras_music_ssl.tagger import save_tag_head
+
+    with storage.atomic_target(path, ".keras") as tmp:
+        save_tag_head(head, str(tmp))
 
 
 def _as_probed(model, seed, weights_dir):
@@ -72,8 +135,6 @@ def _summary(values):
 def probe_model(probed, data, out, settings, seed=0, bootstrap=50, fractions=None, draws=DRAWS,
                 cache_dir=None, embed_batch_size=32, eval_chunks="segments", progress=True, verbose=0):
     """The result dict of one model (see ``results.json``); writes its head and predictions."""
-    from keras_music_ssl.tagger import save_tag_head
-
     dataset, tags = data.dataset, data.dataset.tags
     start = time.perf_counter()
     features = {split: extract_split(probed, dataset, split, cache_dir or default_cache_dir(), seed=seed,
@@ -82,9 +143,14 @@ def probe_model(probed, data, out, settings, seed=0, bootstrap=50, fractions=Non
     extract_seconds = time.perf_counter() - start
     for split, part in features.items():
         if not part.paths:
-            raise ValueError(f"{probed.name}: no track of the {split} split could be used "
+            raise ProbeError(f"{probed.name}: no track of the {split} split could be used "
                              f"(skipped: {part.skipped_counts()})")
     train, valid, test = features["train"], features["valid"], features["test"]
+    for split in ("valid", "test"):  # skipped tracks may have taken the last positive or negative away
+        try:
+            require_scorable(features[split].labels, split, tags)
+        except ProbeError as error:
+            raise ProbeError(f"{probed.name}: {error} (after skipping {features[split].skipped_counts()})") from None
 
     def fit_probe(track_subset=None, fit_seed=seed):
         rows = np.isin(train.track, track_subset) if track_subset is not None else slice(None)
@@ -103,10 +169,10 @@ def probe_model(probed, data, out, settings, seed=0, bootstrap=50, fractions=Non
               "skipped": {s: features[s].skipped_counts() for s in SPLITS},
               "seconds": {"extract": round(extract_seconds, 2), "fit": round(fit_seconds, 2)}}
     os.makedirs(os.path.join(out, "heads"), exist_ok=True)
-    save_tag_head(trained.head, os.path.join(out, "heads", f"{probed.name}.keras"))
-    os.makedirs(os.path.join(out, "predictions"), exist_ok=True)
-    np.savez(os.path.join(out, "predictions", f"{probed.name}.npz"), paths=np.asarray(test.paths, dtype=str),
-             labels=test.labels, probabilities=probabilities.astype(np.float32), tags=np.asarray(tags, dtype=str))
+    _save_head(trained.head, os.path.join(out, "heads", f"{probed.name}.keras"))
+    with storage.atomic_write(os.path.join(out, "predictions", f"{probed.name}.npz"), "wb") as f:
+        np.savez(f, paths=np.asarray(test.paths, dtype=str), labels=test.labels,
+                 probabilities=probabilities.astype(np.float32), tags=np.asarray(tags, dtype=str))
     if fractions:
         result["fractions"] = {}
         for fraction in fractions:
@@ -123,19 +189,42 @@ def probe_model(probed, data, out, settings, seed=0, bootstrap=50, fractions=Non
 
 def run_probe(dataset, models, out, protocol="paper", fractions=None, draws=DRAWS, bootstrap=50, seed=0,
               baseline=True, cache_dir=None, embed_batch_size=32, eval_chunks="segments", weights_dir=None,
-              progress=True, verbose=0, **overrides):
+              audio_dir=None, progress=True, verbose=0, **overrides):
     """Probe ``models`` on ``dataset`` and write the report to ``out``; return the results dict.
 
-    ``dataset``: a :class:`ProbeData`, or a ``kmssl probe`` DATASET string. ``models``: names
-    (``random``, ``logmel-stats``, preset folders or names), ``ProbedModel``s, Keras models or
-    ``(name, model)`` pairs. ``eval_chunks``: how valid/test tracks are cut (``track.py``);
-    ``embed_batch_size``: 4 s clips per model call. ``overrides``: probe settings
+    ``dataset``: a :class:`ProbeData`, or a ``kmssl probe`` DATASET string (``audio_dir``: its
+    audio root, if not where its loader looks). ``models``: names (``random``, ``logmel-stats``,
+    preset folders or names), ``ProbedModel``s, Keras models or ``(name, model)`` pairs; names
+    are loaded only once ``out`` is locked. ``eval_chunks``: how valid/test tracks are cut
+    (``track.py``); ``embed_batch_size``: 4 s clips per model call. ``overrides``: probe settings
     (``hidden_units``, ``epochs``, ``batch_size``, ``learning_rate``, ...).
     """
-    from keras_music_ssl.probe.report import atomic_write_text, write_report
-
-    data = dataset if isinstance(dataset, ProbeData) else load_probe_dataset(dataset)
+    out = os.fspath(out)
+    cache_dir = os.fspath(cache_dir) if cache_dir else default_cache_dir()
+    storage.check_output(out, "folder")
+    storage.check_output(cache_dir, "folder", "--cache-dir")
     settings = protocol_settings(protocol, **overrides)
+    check_options(bootstrap, draws, fractions, settings["epochs"], embed_batch_size)
+    data = dataset if isinstance(dataset, ProbeData) else load_probe_dataset(dataset, audio_dir)
+    check_scorable(data)
+    if progress:
+        print(f"{data.name}: {data.report['splits']} tracks, {len(data.dataset.tags)} tags"
+              + (f"; dropped {data.report['dropped']}" if data.report["dropped"] else ""), flush=True)
+    os.makedirs(out, exist_ok=True)  # before the lock: the lock file lives inside it
+    with storage.locked(out):
+        for folder in ("", "models", "heads", "predictions"):  # what a killed run of ours left
+            storage.clean_partials(os.path.join(out, folder))
+        return _probe_all(data, models, out, settings, protocol=protocol, fractions=fractions, draws=draws,
+                          bootstrap=bootstrap, seed=seed, baseline=baseline, cache_dir=cache_dir,
+                          embed_batch_size=embed_batch_size, eval_chunks=eval_chunks, weights_dir=weights_dir,
+                          progress=progress, verbose=verbose)
+
+
+def _probe_all(data, models, out, settings, protocol, fractions, draws, bootstrap, seed, baseline, cache_dir,
+               embed_batch_size, eval_chunks, weights_dir, progress, verbose):
+    """``run_probe``'s work, with ``out`` locked."""
+    from keras_music_ssl.probe.report import write_report
+
     probed = [_as_probed(m, seed, weights_dir) for m in models]
     if baseline and LOGMEL_STATS not in [m.name for m in probed]:
         probed.append(resolve_model(LOGMEL_STATS))
@@ -152,16 +241,13 @@ def run_probe(dataset, models, out, protocol="paper", fractions=None, draws=DRAW
                                                  "fractions": [float(f) for f in fractions or []],
                                                  "eval_chunks": eval_chunks})
         state = os.path.join(out, "models", f"{model.name}.json")
-        previous = None
-        if os.path.isfile(state):
-            with open(state) as f:
-                previous = json.load(f)
+        previous = _read_state(state)
         if previous and previous.get("key") == key:
             result = previous["result"]
         else:
             result = probe_model(model, data, out, settings, seed, bootstrap, fractions, draws, cache_dir,
                                  embed_batch_size, eval_chunks, progress, verbose)
-            atomic_write_text(state, json.dumps({"key": key, "result": result}))
+            storage.write_json(state, {"key": key, "result": result})
         results["models"][model.name] = result
         write_report(results, out)
         if progress:

@@ -6,11 +6,16 @@
   excluded from every metric and listed (``tags_excluded``).
 - Bootstrap (the poster's Fig. 1: 50 resamples): ``n`` resamples of the test tracks with
   replacement, each as large as the test set, seeded; each resample excludes its own
-  degenerate tags. Reported: the point estimate on the whole test set, the mean and std of the
-  resamples, and their 2.5-97.5 % percentile interval.
+  degenerate tags (a resample with no scorable tag is dropped). Reported: the point estimate on
+  the whole test set, the mean and std of the resamples, and their 2.5-97.5 % percentile interval.
+- A test set with no scorable tag has no metric at all: :func:`bootstrap_metrics` raises
+  :class:`ProbeError` rather than report NaN (``run_probe`` checks it before any training, with
+  :func:`require_scorable`).
 """
 
 import numpy as np
+
+from keras_music_ssl.probe.probe import ProbeError
 
 METRICS = ("roc_auc_macro", "pr_auc_macro", "roc_auc_micro", "pr_auc_micro")
 
@@ -21,6 +26,23 @@ def scorable_tags(labels):
     return (labels.max(axis=0) > 0) & (labels.min(axis=0) < 1) if len(labels) else np.zeros(labels.shape[1], bool)
 
 
+def require_scorable(labels, split, tags=None):
+    """Raise :class:`ProbeError` unless some tag of ``labels`` (tracks, tags) has a positive and a
+    negative track: without one no ROC-AUC exists (test) or early stopping has nothing to follow
+    (valid)."""
+    labels = np.asarray(labels)
+    if scorable_tags(labels).any():
+        return
+    if not len(labels):
+        raise ProbeError(f"the {split} split has no track to score")
+    tags = list(tags) if tags is not None else [str(i) for i in range(labels.shape[1])]
+    positives = labels.sum(axis=0)
+    always = [t for t, n in zip(tags, positives) if n == len(labels)]
+    raise ProbeError(f"the {split} split ({len(labels)} tracks) has no scorable tag: every tag is on all of its "
+                     f"tracks ({', '.join(always[:5]) or 'none'}{', ...' if len(always) > 5 else ''}) or on none; "
+                     "ROC-AUC needs a tag with both positive and negative tracks")
+
+
 def tagging_metrics(labels, scores, tags=None):
     """``{roc_auc_macro, pr_auc_macro, roc_auc_micro, pr_auc_micro, tags_scored, tags_excluded}``."""
     from sklearn.metrics import average_precision_score, roc_auc_score
@@ -29,11 +51,11 @@ def tagging_metrics(labels, scores, tags=None):
     if labels.shape != scores.shape or labels.ndim != 2:
         raise ValueError(f"labels {labels.shape} and scores {scores.shape} must be equal (tracks, tags)")
     if not np.all(np.isfinite(scores)):
-        raise ValueError("scores hold NaN or infinite values")
+        raise ProbeError("the probe's scores hold NaN or infinite values (did its training diverge?)")
     tags = list(tags) if tags is not None else [str(i) for i in range(labels.shape[1])]
     keep = scorable_tags(labels)
     excluded = [tag for tag, k in zip(tags, keep) if not k]
-    if not keep.any():
+    if not keep.any():  # a bootstrap resample may draw such a set: it is dropped there
         nan = float("nan")
         return {**{m: nan for m in METRICS}, "tags_scored": 0, "tags_excluded": excluded}
     y, s = labels[:, keep], scores[:, keep]
@@ -51,6 +73,7 @@ def bootstrap_metrics(labels, scores, tags=None, resamples=50, seed=0):
     """Each metric as ``{point, mean, std, ci95, resamples}``, plus ``tags_scored`` / ``tags_excluded``
     of the point estimate."""
     labels, scores = np.asarray(labels), np.asarray(scores)
+    require_scorable(labels, "test", tags)
     point = tagging_metrics(labels, scores, tags)
     rng = np.random.default_rng(seed)
     draws = {m: [] for m in METRICS}

@@ -11,11 +11,9 @@ clips -> embeddings); ``ProbedModel`` pairs it with its name and fingerprint.
 """
 
 import dataclasses
-import hashlib
-import json
 import os
 
-import numpy as np
+from keras_music_ssl.storage import weights_fingerprint  # noqa: F401 (the cache key; imported from here too)
 
 RANDOM = "random"
 LOGMEL_STATS = "logmel-stats"
@@ -33,24 +31,6 @@ class ProbedModel:
         from keras_music_ssl.backbone import MusicEncoder
 
         return isinstance(self.model, MusicEncoder)
-
-
-def weights_fingerprint(model):
-    """sha256 of a model's class, config and every weight's bytes: equal iff the outputs are.
-
-    Names are left out (Keras numbers them per process: ``music_encoder_3``), so the same
-    weights give the same fingerprint in every run.
-    """
-    import keras
-
-    digest = hashlib.sha256(type(model).__name__.encode())
-    config = {k: v for k, v in model.get_config().items() if k != "name"}
-    digest.update(json.dumps(config, sort_keys=True, default=str).encode())
-    for weight in model.weights:
-        value = np.ascontiguousarray(keras.ops.convert_to_numpy(weight))
-        digest.update(f"{value.dtype}:{value.shape}".encode())
-        digest.update(value.tobytes())
-    return digest.hexdigest()
 
 
 def probed_model(model, name=None):

@@ -26,6 +26,8 @@ import dataclasses
 
 import numpy as np
 
+from keras_music_ssl.errors import KmsslError, OptionError
+
 PROTOCOLS = {
     "paper": dict(hidden_units=(), use_bias=False, batch_norm=True, dropout=0.0, batch_size=256,
                   learning_rate=1e-3, epochs=100, patience=10, lr_patience=None, loss="downstream",
@@ -37,10 +39,15 @@ PROTOCOLS = {
 MONITOR = "val_roc_auc_macro"
 
 
+class ProbeError(KmsslError, ValueError):
+    """A probe that cannot be fitted or scored (no usable track, nothing scorable, broken
+    embeddings); the message says why in one line."""
+
+
 def protocol_settings(protocol="paper", **overrides):
     """The protocol's settings with ``overrides`` (``None`` values ignored)."""
     if protocol not in PROTOCOLS:
-        raise ValueError(f"protocol must be one of {tuple(PROTOCOLS)}, got {protocol!r}")
+        raise OptionError(f"--protocol must be one of {tuple(PROTOCOLS)}, got {protocol!r}")
     settings = dict(PROTOCOLS[protocol])
     settings.update({k: v for k, v in overrides.items() if v is not None})
     settings["hidden_units"] = tuple(int(h) for h in settings["hidden_units"])
@@ -107,9 +114,9 @@ def train_probe(x_train, y_train, x_valid, y_valid, tags, protocol="paper", seed
     x_train, y_train = np.asarray(x_train, np.float32), np.asarray(y_train, np.float32)
     x_valid, y_valid = np.asarray(x_valid, np.float32), np.asarray(y_valid, np.float32)
     if not len(x_train):
-        raise ValueError("no training rows to fit a probe on")
+        raise ProbeError("no training rows to fit a probe on")
     if not (np.isfinite(x_train).all() and np.isfinite(x_valid).all()):
-        raise ValueError("the embeddings hold NaN or infinite values: the frozen model is broken")
+        raise ProbeError("the embeddings hold NaN or infinite values: the frozen model is broken")
     keras.utils.set_random_seed(seed)
     head = TagHead(tags, hidden_units=settings["hidden_units"], use_bias=settings["use_bias"],
                    activation=None, dropout=settings["dropout"], batch_norm=settings["batch_norm"],

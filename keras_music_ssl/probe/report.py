@@ -9,25 +9,30 @@
   metric (the poster's Fig. 1);
 - ``fractions.png`` (when fractions were run): macro metrics against the training fraction, the
   band being the 95 % t-interval of the mean over the draws (the poster's Fig. 2).
+
+Every file is written atomically (``storage``): a kill leaves the previous version or the new
+one; ``results.json`` is strict JSON (a NaN is refused, not written).
 """
 
 import csv
-import json
 import os
 
 import numpy as np
 
+from keras_music_ssl import storage
 from keras_music_ssl.probe.metrics import METRICS
 
 LABELS = {"roc_auc_macro": "ROC-AUC macro", "pr_auc_macro": "PR-AUC macro",
           "roc_auc_micro": "ROC-AUC micro", "pr_auc_micro": "PR-AUC micro"}
 
 
-def atomic_write_text(path, text):
-    """Write ``text`` to ``path`` through a ``.partial`` file, so a kill never leaves half a file."""
-    with open(f"{path}.partial", "w", encoding="utf-8", newline="") as f:
-        f.write(text)
-    os.replace(f"{path}.partial", path)
+def save_figure(fig, path):
+    """``fig`` as a PNG at ``path``, atomically."""
+    import matplotlib.pyplot as plt
+
+    with storage.atomic_write(path, "wb") as f:
+        fig.savefig(f, format="png", dpi=120)
+    plt.close(fig)
 
 
 def markdown_table(results):
@@ -93,8 +98,7 @@ def plot_bootstrap(results, path):
         ax.grid(axis="y", alpha=0.3)
     fig.suptitle(f"{_title(results)}: bootstrap over test tracks")
     fig.tight_layout()
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
+    save_figure(fig, path)
 
 
 def plot_fractions(results, path):
@@ -124,8 +128,7 @@ def plot_fractions(results, path):
     axes[0][0].legend()
     fig.suptitle(f"{_title(results)}: limited training data")
     fig.tight_layout()
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
+    save_figure(fig, path)
 
 
 def write_report(results, out):
@@ -134,13 +137,13 @@ def write_report(results, out):
 
     os.makedirs(out, exist_ok=True)
     paths = {name: os.path.join(out, name) for name in ("results.json", "results.csv", "results.md")}
-    atomic_write_text(paths["results.json"], json.dumps(results, indent=1))
+    storage.write_json(paths["results.json"], results, indent=1)
     buffer = io.StringIO()
     writer = csv.writer(buffer, lineterminator="\n")
     writer.writerow(["model", "fraction", "metric", "point", "mean", "std", "ci95_low", "ci95_high"])
     writer.writerows(csv_rows(results))
-    atomic_write_text(paths["results.csv"], buffer.getvalue())
-    atomic_write_text(paths["results.md"], markdown_table(results))
+    storage.write_text(paths["results.csv"], buffer.getvalue())
+    storage.write_text(paths["results.md"], markdown_table(results))
     paths["bootstrap.png"] = os.path.join(out, "bootstrap.png")
     plot_bootstrap(results, paths["bootstrap.png"])
     if any(r.get("fractions") for r in results["models"].values()):
