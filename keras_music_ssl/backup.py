@@ -53,6 +53,7 @@ def save_state(model, folder, epoch):
     """Write ``model``'s state after ``epoch`` finished epochs as ``folder/epoch-NNNN/``."""
     folder = pathlib.Path(folder)
     final = folder / f"epoch-{epoch:04d}"
+    storage.require_space(final, storage.model_bytes(model))  # h5py may crash the process on a full disk
     with storage.atomic_target(final) as tmp:
         tmp.mkdir(parents=True)
         model.save_weights(str(tmp / WEIGHTS))
@@ -137,5 +138,6 @@ class Checkpoint(keras.callbacks.Callback):
 
     def on_epoch_end(self, epoch, logs=None):
         if (epoch + 1) % self.every == 0 and not self.model.stop_training and _finite(logs):
+            storage.require_space(self.folder, storage.model_bytes(self.model))
             with storage.atomic_target(self.folder / f"epoch{epoch + 1:03d}.keras", ".keras") as tmp:
                 self.model.save(str(tmp))

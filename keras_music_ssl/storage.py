@@ -22,7 +22,9 @@
   weights under the same name is refused instead of mixed in.
 - **Kill tests.** :func:`fault_point` marks the instants a test may kill the process at.
 - **A full disk** (or a read-only one, a quota) is an ``OSError``; :func:`disk_error` says whether
-  an exception is one, and the CLI prints it in one line naming the path.
+  an exception is one, and the CLI prints it in one line naming the path. Keras' h5py writers can
+  crash the process on a full disk instead of raising, so :func:`require_space` checks for
+  :func:`model_bytes` before they start.
 """
 
 import contextlib
@@ -338,6 +340,29 @@ def fault_point(name):
         _FAULTS[name] = _FAULTS.get(name, 0) + 1
         if _FAULTS[name] >= int(nth):
             os.kill(os.getpid(), signal.SIGKILL)
+
+
+def require_space(path, nbytes):
+    """Raise ``OSError(ENOSPC)`` naming ``path`` unless its file system has ``nbytes`` free: for
+    writers that do not fail cleanly on a full disk (h5py, under Keras' ``save_weights``, can
+    crash the process), checked before they start."""
+    folder = pathlib.Path(path)
+    while not folder.exists():
+        folder = folder.parent
+    stat = os.statvfs(folder)
+    if stat.f_bavail * stat.f_frsize < nbytes:
+        raise OSError(errno.ENOSPC, f"No space left on device (needs about {nbytes / 2**20:.1f} MB, "
+                                    f"{stat.f_bavail * stat.f_frsize / 2**20:.1f} MB free)", str(path))
+
+
+def model_bytes(model):
+    """About what a weights or ``.keras`` file of ``model`` (with its optimizer) takes on disk, with
+    room to spare: what :func:`require_space` asks for before Keras writes one."""
+    import numpy as np
+
+    optimizer = getattr(model, "optimizer", None)
+    variables = list(model.variables) + (list(optimizer.variables) if optimizer is not None else [])
+    return int(1.25 * sum(int(np.prod(v.shape)) * np.dtype(v.dtype).itemsize for v in variables)) + (1 << 20)
 
 
 def disk_error(error):

@@ -374,6 +374,7 @@ def _fit(out, config, model, train, valid, data_name, distribution, verbose):
         raise PretrainError(f"{out}: the loss became NaN or infinite in epoch {epoch} (a learning rate too high, "
                             f"or bad data?); training stopped, the last good state (epoch {epoch - 1}) is kept")
 
+    storage.require_space(out, 2 * storage.model_bytes(model))  # model.keras and the preset
     with storage.atomic_target(os.path.join(out, "model.keras"), ".keras") as tmp:
         model.save(str(tmp))
     preset = os.path.join(out, "preset")

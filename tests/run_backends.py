@@ -25,7 +25,8 @@ def main():
     failed = []
     for backend in args.backends:
         env = dict(os.environ, KERAS_BACKEND=backend, TF_CPP_MIN_LOG_LEVEL="2")
-        cmd = [sys.executable, "-m", "pytest", "-m", marker, "-p", "no:cacheprovider", *args.pytest_args]
+        cmd = [sys.executable, "-m", "pytest", "-m", marker, "-p", "no:cacheprovider", "--durations=15",
+               *args.pytest_args]  # the slowest tests, to keep both CI steps within their bounds
         print(f"\n=== KERAS_BACKEND={backend}: {' '.join(cmd[2:])}", flush=True)
         start = time.time()
         code = subprocess.call(cmd, cwd=root, env=env)

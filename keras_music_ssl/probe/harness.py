@@ -94,6 +94,7 @@ def _save_head(head, path):
     """``save_tag_head`` written atomically (Keras wants the ``.keras`` suffix on its file name)."""
     from keras_music_ssl.tagger import save_tag_head
 
+    storage.require_space(path, storage.model_bytes(head))  # h5py may crash the process on a full disk
     with storage.atomic_target(path, ".keras") as tmp:
         save_tag_head(head, str(tmp))
 
