@@ -9,6 +9,7 @@ resumes where it stopped.
 
 import csv
 import os
+import time
 
 from keras_music_ssl.data.labeled_csv import read_labeled_dataset
 
@@ -31,6 +32,7 @@ def embedded_dataset(size="small", seed=0, data_dir=None, progress=True):
 def split_shards(dataset, split="train", progress=True):
     """TFRecord shards of one split of ``dataset`` (prepared once, beside it); returns the folder."""
     from keras_music_ssl.data.prepare import prepare_shards
+    from keras_music_ssl.storage import BusyError
 
     out = os.path.join(dataset.root, f"shards-{split}")
     manifest = os.path.join(dataset.root, f"{split}_manifest.csv")
@@ -41,5 +43,11 @@ def split_shards(dataset, split="train", progress=True):
             writer = csv.writer(f)
             writer.writerow(["path"])
             writer.writerows([p] for p in dataset.split(split).paths)
-    prepare_shards([manifest], out, progress=progress)
+    # Several processes of one job (JAX hosts, a test and its subprocesses) may ask at once: the
+    # first prepares the shards, the others wait for its lock instead of being refused.
+    while not os.path.exists(os.path.join(out, "report.json")):
+        try:
+            prepare_shards([manifest], out, progress=progress)
+        except BusyError:
+            time.sleep(1)
     return out
