@@ -23,6 +23,7 @@ import pathlib
 import re
 import warnings
 
+from keras_music_ssl.card import PAPER_CITATION, PAPER_URL
 from keras_music_ssl.presets import DEEZER_PRESETS, PresetNotFoundError, weights_dir
 from keras_music_ssl.torch_weights import (FILTERBANK_KEY, WINDOW_KEY, frontend_mismatch,
                                            load_torch_state_dict)
@@ -34,6 +35,22 @@ SOURCE = "deezer/multi-view-ssl-benchmark, release v0.0.1 (weights.zip)"
 LICENCE = ("Architecture and conversion follow the authors' MIT-licensed code "
            "(deezer/multi-view-ssl-benchmark). The weights are the authors' release, converted "
            "unchanged; see that repository for their terms before redistributing them.")
+# What the model card (card.py) says about the released weights: their training data and setup as
+# the paper, its poster and the authors' released code describe them, the citation, and the Hub
+# licence fields (the authors' terms apply to their weights, not this package's MIT licence).
+PAPER_DATASET = {
+    "name": "Deezer catalogue (in-house)",
+    "description": "about 4 million full tracks of the Deezer catalogue (the paper's poster: '~4 Millions songs'), "
+                   "resampled to 16 kHz mono; not public",
+}
+PAPER_PROCEDURE = (
+    "Trained by the authors (Deezer Research), one model per method with the same backbone, data and pipeline. "
+    "Each example is two 4 s segments of the same track, at least 4 s apart, drawn online as tracks stream; no "
+    "augmentation is described. The released code trains data-parallel with synchronised BatchNorm, each loss "
+    "on the globally gathered batch, with a projection head (and, for BYOL and clustering, a moving-average teacher) "
+    "discarded after training. The optimizer, learning rate, batch size and number of steps were not published.")
+LICENSE_FIELDS = {"license": "other", "license_name": "deezer-multi-view-ssl-benchmark",
+                  "license_link": "https://github.com/deezer/multi-view-ssl-benchmark"}
 # pretext / file stem -> method name used by presets
 METHOD_NAMES = {"contrastive": "contrastive", "byol": "byol", "clustering": "clustering",
                 "barlow_twins": "barlow_twins", "feature_stats": "vicreg", "vicreg": "vicreg"}
@@ -284,6 +301,8 @@ def convert_checkpoint(path, out_dir, branch="student", heads=DEFAULT_HEADS, met
         "encoder_config": {**config, "layers": list(config["layers"])},
         "frontend_check": mismatch or (f"{' and '.join(stored)} match the Keras frontend"
                                        if stored else "no frontend buffers in the checkpoint"),
+        "dataset": PAPER_DATASET, "training_procedure": PAPER_PROCEDURE, "paper": PAPER_URL,
+        "citation": PAPER_CITATION, **LICENSE_FIELDS,
     }
     if isinstance(checkpoint, dict):
         run = {key: _plain(checkpoint[key]) for key in ("pretext", "epoch", "val_loss", "gin_info")

@@ -5,9 +5,12 @@ fill it, and the metadata says what it is (method, source, sample rate, input co
 licence). ``MusicEncoder.from_preset`` / ``save_to_preset`` are the public entry points.
 
 Named presets (``deezer_contrastive``, ...) are the paper's released checkpoints after
-conversion. They cannot be downloaded at run time here; they resolve to
-``<weights_dir>/<name>/``, where ``weights_dir`` is an argument, else the environment
-variable ``KMSSL_WEIGHTS_DIR``, else ``~/.cache/keras_music_ssl/presets``.
+conversion. They resolve to ``<weights_dir>/<name>/``, where ``weights_dir`` is an argument,
+else the environment variable ``KMSSL_WEIGHTS_DIR``, else ``~/.cache/keras_music_ssl/presets``;
+the first use downloads and converts them (``deezer_release.py``). ``hf://`` and ``kaggle://``
+handles load presets from the Hugging Face Hub and Kaggle Models (``hub.py``). A preset's
+metadata records its weights file's size and SHA-256; a file that no longer matches is refused
+(a named preset is converted again).
 
 The folder layout is keras-hub's, but keras-hub itself is not used: its ``Backbone``
 base class would have to become the encoder's parent (the core layers stay plain Keras),
@@ -29,6 +32,7 @@ CONFIG_FILE = "config.json"
 WEIGHTS_FILE = "model.weights.h5"
 METADATA_FILE = "metadata.json"
 WEIGHTS_DIR_ENV = "KMSSL_WEIGHTS_DIR"
+HUB_SCHEMES = ("hf://", "kaggle://")
 DEFAULT_WEIGHTS_DIR = pathlib.Path("~/.cache/keras_music_ssl/presets")
 DEEZER_WEIGHTS_URL = (
     "https://github.com/deezer/multi-view-ssl-benchmark/releases/download/v0.0.1/weights.zip"
@@ -56,36 +60,62 @@ def weights_dir(path=None):
     return pathlib.Path(path or os.environ.get(WEIGHTS_DIR_ENV) or DEFAULT_WEIGHTS_DIR).expanduser()
 
 
-def resolve_preset(name_or_dir, weights_root=None):
-    """Path of a preset folder, from a folder path or a named preset."""
+def resolve_preset(name_or_dir, weights_root=None, download=True):
+    """Path of a preset folder, from a folder path, a hub handle (``hf://owner/name``,
+    ``kaggle://owner/model/keras/variant``: ``hub.py``) or a named preset (the authors' encoders,
+    downloaded and converted on first use unless ``download=False``: ``deezer_release.py``)."""
     path = pathlib.Path(name_or_dir).expanduser()
     if (path / CONFIG_FILE).is_file():
         return path
     name = str(name_or_dir)
+    if name.startswith(HUB_SCHEMES):
+        from keras_music_ssl.hub import download_preset
+
+        return download_preset(name)
     if name in DEEZER_PRESETS:
         local = weights_dir(weights_root) / name
+        if not (local / CONFIG_FILE).is_file() and download:
+            from keras_music_ssl.deezer_release import fetch_presets
+
+            fetch_presets(weights_root)
         if (local / CONFIG_FILE).is_file():
             return local
-        checkpoint = DEEZER_PRESETS[name][1]
-        raise PresetNotFoundError(
-            f"Preset {name!r} has not been converted yet (looked in {local}).\n"
-            f"  1. Download the authors' weights: {DEEZER_WEIGHTS_URL}\n"
-            f"  2. Unzip it, then run: kmssl convert-deezer weights/{checkpoint} --out {local}\n"
-            f"  (or set {WEIGHTS_DIR_ENV} to the folder that holds your converted presets)"
-        )
+        raise PresetNotFoundError(f"Preset {name!r} is not in {local}: run kmssl convert-deezer --download, "
+                                  f"or set {WEIGHTS_DIR_ENV} to the folder that holds your converted presets")
     if path.exists():
         raise PresetNotFoundError(f"{path} is not a preset folder: it has no {CONFIG_FILE}.")
     raise PresetNotFoundError(
-        f"Unknown preset {name!r}: neither a folder nor one of {', '.join(DEEZER_PRESETS)}."
+        f"Unknown preset {name!r}: neither a folder, a hub handle (hf://..., kaggle://...) nor one of "
+        f"{', '.join(DEEZER_PRESETS)}."
     )
 
 
-def save_to_preset(model, preset_dir, metadata=None):
-    """Write ``model`` (config + weights) and ``metadata`` to ``preset_dir``, atomically.
+def _recorded(model, weights):
+    """What ``metadata.json`` records about the saved model besides the caller's metadata, as
+    keras-hub's ``metadata.json`` does (versions, parameter count, date), plus the weights file's
+    size and SHA-256 (``load_preset`` checks them) and the weights fingerprint (which row of a
+    probe report is this model: ``card.py``)."""
+    import datetime
 
-    The three files are written to a hidden sibling folder first, so a failure leaves no
-    partial preset: a new (or empty) ``preset_dir`` appears in one rename; in an existing
-    folder each file is replaced in one rename and other files are left alone.
+    from keras_music_ssl.download import sha256_of
+
+    return {"keras_version": keras.__version__, "backend": keras.backend.backend(),
+            "parameter_count": int(model.count_params()),
+            "trainable_parameter_count": int(sum(int(np.prod(w.shape)) for w in model.trainable_weights)),
+            "weights_fingerprint": storage.weights_fingerprint(model),
+            "date": datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ"),
+            "files": {WEIGHTS_FILE: {"sha256": sha256_of(weights), "size": weights.stat().st_size}}}
+
+
+def save_to_preset(model, preset_dir, metadata=None):
+    """Write ``model`` (config + weights), ``metadata`` and a model card to ``preset_dir``, atomically.
+
+    The files keras-hub writes (``config.json``, ``model.weights.h5``, ``metadata.json`` with
+    versions, parameter count, date and the weights' checksum) and ``README.md`` (the card,
+    ``card.py``), so the folder uploads to a model hub as is. They are written to a hidden
+    sibling folder first, so a failure (of the card too) leaves no partial preset: a new (or
+    empty) ``preset_dir`` appears in one rename; in an existing folder each file is replaced in
+    one rename and other files are left alone, a hand-written ``README.md`` included.
     """
     preset_dir = pathlib.Path(preset_dir).expanduser().absolute()
     if preset_dir.exists() and not preset_dir.is_dir():
@@ -98,12 +128,19 @@ def save_to_preset(model, preset_dir, metadata=None):
         config = keras.saving.serialize_keras_object(model)
         (staging / CONFIG_FILE).write_text(storage.dumps_json(config))
         model.save_weights(str(staging / WEIGHTS_FILE))
-        meta = {"keras_music_ssl_version": _version(), **(metadata or {})}
+        # Recorded after the caller's metadata: facts about these files, which no caller may override.
+        meta = {"keras_music_ssl_version": _version(), **(metadata or {}), **_recorded(model, staging / WEIGHTS_FILE)}
         (staging / METADATA_FILE).write_text(storage.dumps_json(meta))
+        from keras_music_ssl.card import CARD_FILE, is_generated, model_card
+
+        (staging / CARD_FILE).write_text(model_card(staging), encoding="utf-8")
         if preset_dir.is_dir() and any(preset_dir.iterdir()):
-            for name in (WEIGHTS_FILE, METADATA_FILE, CONFIG_FILE):  # config last: marks a preset
-                os.replace(staging / name, preset_dir / name)
-            staging.rmdir()
+            old_card = preset_dir / CARD_FILE
+            keep_card = os.path.lexists(old_card) and not is_generated(old_card)  # the user's own card
+            for name in (WEIGHTS_FILE, METADATA_FILE, CARD_FILE, CONFIG_FILE):  # config last: marks a preset
+                if not (name == CARD_FILE and keep_card):
+                    os.replace(staging / name, preset_dir / name)
+            shutil.rmtree(staging)
         else:
             os.replace(staging, preset_dir)  # POSIX renames a folder onto an empty one
     except BaseException:
@@ -120,6 +157,15 @@ def load_preset(name_or_dir, weights_root=None, load_weights=True):
     path = resolve_preset(name_or_dir, weights_root)
     if load_weights and not (path / WEIGHTS_FILE).is_file():
         raise PresetNotFoundError(f"{path} has a {CONFIG_FILE} but no {WEIGHTS_FILE}.")
+    damage = load_weights and damaged(path)
+    if damage and str(name_or_dir) in DEEZER_PRESETS and path == weights_dir(weights_root) / str(name_or_dir):
+        import warnings
+
+        warnings.warn(f"{damage}; converting the authors' release again", stacklevel=2)
+        shutil.rmtree(path)  # our own cache: fetched again below
+        path, damage = resolve_preset(name_or_dir, weights_root), None
+    if damage:
+        raise PresetError(damage)
     config = storage.read_json(path / CONFIG_FILE, "the preset's model config")
     try:
         model = keras.saving.deserialize_keras_object(config)
@@ -136,6 +182,27 @@ def load_preset(name_or_dir, weights_root=None, load_weights=True):
                               f"({str(error).splitlines()[0] if str(error) else type(error).__name__})") from None
         require_finite_weights(model, path / WEIGHTS_FILE)
     return model
+
+
+def damaged(path):
+    """Why the weights file of the preset folder ``path`` is not the one its metadata records
+    (size and SHA-256, written by :func:`save_to_preset`), or None (it is, or nothing is recorded)."""
+    from keras_music_ssl.download import sha256_of
+
+    path = pathlib.Path(path)
+    try:
+        recorded = preset_metadata(path).get("files", {}).get(WEIGHTS_FILE)
+    except (AttributeError, storage.StorageError):
+        return None  # no usable record: the weights load checks what it can
+    if not isinstance(recorded, dict):
+        return None
+    weights = path / WEIGHTS_FILE
+    size = weights.stat().st_size
+    if "size" in recorded and size != recorded["size"]:
+        return f"{weights} has {size} bytes, not the {recorded['size']} it was saved with (damaged or replaced)"
+    if "sha256" in recorded and sha256_of(weights) != recorded["sha256"]:
+        return f"{weights} is not the file it was saved as (its SHA-256 differs: damaged or replaced)"
+    return None
 
 
 def require_finite_weights(model, source):

@@ -170,13 +170,14 @@ def copy_file(source, target):
 # --- one writer per output ----------------------------------------------------------------------
 
 @contextlib.contextmanager
-def locked(output, folder=True):
+def locked(output, folder=True, wait=False):
     """Hold the advisory lock of ``output`` for the block; :class:`BusyError` at once when another
-    process holds it.
+    process holds it (``wait=True``: wait for it instead, for shared caches that the first
+    process fills for all).
 
     ``folder=True``: ``output`` is a folder, created here, with the lock file inside it (kept: it
     is hidden, and removing it would race a waiting process). ``folder=False``: a file output,
-    locked through ``.NAME.lock`` beside it, removed when the block ends.
+    locked through ``.NAME.lock`` beside it, removed when the block ends (kept with ``wait``).
     """
     output = pathlib.Path(output)
     if folder:
@@ -189,7 +190,7 @@ def locked(output, folder=True):
     held = False
     try:
         try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            fcntl.flock(fd, fcntl.LOCK_EX if wait else fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
             holder = os.pread(fd, 32, 0).decode(errors="replace").strip() or "?"
             raise BusyError(f"{output} is being written by another process (pid {holder}); "
@@ -204,7 +205,7 @@ def locked(output, folder=True):
         yield
     finally:
         _HELD.discard(fd)
-        if held and not folder:
+        if held and not folder and not wait:  # a waiter may hold this file's lock next: keep it then
             with contextlib.suppress(OSError):
                 path.unlink()
         os.close(fd)  # releases the lock

@@ -378,10 +378,23 @@ def _fit(out, config, model, train, valid, data_name, distribution, verbose):
     with storage.atomic_target(os.path.join(out, "model.keras"), ".keras") as tmp:
         model.save(str(tmp))
     preset = os.path.join(out, "preset")
+    # The run's settings and data go into the preset for its model card (card.py). The card is
+    # meant to be published, so paths keep their last component only (no home folders).
+    settings = {key: os.path.basename(os.path.normpath(value)) if key in ("data", "valid_data", "audio_cache")
+                and value else value for key, value in config.to_dict().items()}
+    dataset = {"name": data_name, "description": (
+        f"the embedded rendered dataset ({config.dataset_size} size, seed {config.seed}): scores of music21's "
+        "corpus played by a General MIDI SoundFont (pretty_midi's TimGM6mb), rendered at 16 kHz mono "
+        "(keras_music_ssl.data.rendered)" if config.data is None else
+        "the run's own audio (prepared shards, an audio folder or a manifest)")}
+    if config.data is None:
+        dataset["licence"] = ("public-domain scores and the Essen folk songs, given for non-commercial use "
+                              "(music21's corpus notes)." if config.dataset_size == "full" else
+                              "public-domain scores (music21's corpus notes).")
     model.encoder.save_to_preset(preset, method=config.method, source="keras_music_ssl.pretrain",
                                  data=data_name, encoder=config.encoder, epochs=config.epochs,
                                  steps_per_epoch=config.steps_per_epoch, batch_size=config.batch_size,
-                                 seed=config.seed)
+                                 seed=config.seed, training=settings, dataset=dataset)
     rows = _read_history(history_csv)
     summary = {"method": config.method, "encoder": config.encoder, "data": data_name,
                "backend": keras.backend.backend(), "distribute": distribution.name,

@@ -2,6 +2,7 @@
 
 import os
 import sys
+import tempfile
 
 import numpy as np
 import pytest
@@ -9,6 +10,10 @@ import pytest
 os.environ.setdefault("KERAS_BACKEND", "tensorflow")
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 sys.path.insert(0, os.path.dirname(__file__))  # tests/torch_reference.py and helpers
+# No test reaches the internet or the user's preset cache: a deezer_* name that is not converted
+# tries this address (nothing listens on port 9) unless a test serves its own weights.zip.
+os.environ["KMSSL_DEEZER_WEIGHTS_URL"] = "http://127.0.0.1:9/tests-never-download/weights.zip"
+os.environ.setdefault("KMSSL_WEIGHTS_DIR", os.path.join(tempfile.gettempdir(), "kmssl-tests-presets"))
 
 BACKEND = os.environ["KERAS_BACKEND"]
 

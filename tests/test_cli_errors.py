@@ -73,9 +73,26 @@ BROKEN_PRESETS = {
     "truncated config": (lambda p: truncate(p / "config.json"), "not valid JSON"),
     "random config": (lambda p: (p / "config.json").write_text('{"class_name": "Nope", "config": {}}'),
                       "does not describe a model"),
-    "truncated weights": (lambda p: truncate(p / "model.weights.h5"), "cannot be loaded"),
-    "random weights": (lambda p: (p / "model.weights.h5").write_bytes(os.urandom(4096)), "cannot be loaded"),
+    "truncated weights": (lambda p: truncate(p / "model.weights.h5"), "damaged or replaced"),
+    "random weights": (lambda p: (p / "model.weights.h5").write_bytes(os.urandom(4096)), "damaged or replaced"),
+    # a weights file the metadata records nothing about (a preset of keras-music-ssl < 0.6)
+    "random unrecorded weights": (lambda p: (unrecord(p), (p / "model.weights.h5").write_bytes(os.urandom(4096))),
+                                  "cannot be loaded"),
 }
+
+
+def unrecord(folder, record=False):
+    """Drop the weights file's size and SHA-256 from the preset's metadata (``record``: write the
+    current file's instead, as ``save_to_preset`` would have)."""
+    import hashlib
+    import json
+
+    meta = json.loads((folder / "metadata.json").read_text())
+    del meta["files"]
+    if record:
+        data = (folder / "model.weights.h5").read_bytes()
+        meta["files"] = {"model.weights.h5": {"sha256": hashlib.sha256(data).hexdigest(), "size": len(data)}}
+    (folder / "metadata.json").write_text(json.dumps(meta))
 
 
 def nan_preset(preset, tmp_path):
@@ -89,6 +106,7 @@ def nan_preset(preset, tmp_path):
             values = datasets[0][...]
             values.flat[0] = np.nan
             datasets[0][...] = values
+        unrecord(folder, record=True)  # saved so: a diverged model that save_to_preset wrote
 
     return broken_copy(preset, tmp_path, "nan", poison)
 

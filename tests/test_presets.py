@@ -51,21 +51,22 @@ def test_named_preset_resolves_under_env_var_or_argument(encoder, tmp_path, monk
     assert resolve_preset("deezer_byol") == tmp_path / "env" / "deezer_byol"
     assert isinstance(MusicEncoder.from_preset("deezer_byol"), MusicEncoder)
     with pytest.raises(PresetNotFoundError, match=str(tmp_path / "arg" / "deezer_byol")):
-        MusicEncoder.from_preset("deezer_byol", weights_dir=tmp_path / "arg")
+        resolve_preset("deezer_byol", weights_root=tmp_path / "arg", download=False)
 
 
 @pytest.mark.backend_independent
-def test_missing_named_preset_says_where_to_get_the_zip_and_how_to_convert(tmp_path, monkeypatch):
-    monkeypatch.setenv("KMSSL_WEIGHTS_DIR", str(tmp_path))
+def test_missing_named_preset_offline_says_where_to_put_the_zip(tmp_path, monkeypatch):
+    from keras_music_ssl.deezer_release import URL_ENV, ReleaseError
 
-    with pytest.raises(PresetNotFoundError) as error:
+    monkeypatch.setenv("KMSSL_WEIGHTS_DIR", str(tmp_path))
+    monkeypatch.setenv(URL_ENV, "http://127.0.0.1:9/weights.zip")  # nothing listens on port 9
+
+    with pytest.raises(ReleaseError) as error:
         resolve_preset("deezer_vicreg")
 
     message = str(error.value)
-    assert DEEZER_WEIGHTS_URL in message
-    command = f"kmssl convert-deezer weights/feature_stats.pt --out {tmp_path / 'deezer_vicreg'}"
-    assert command in message
-    assert "KMSSL_WEIGHTS_DIR" in message
+    assert DEEZER_WEIGHTS_URL in message and str(tmp_path / "weights.zip") in message
+    assert "KMSSL_DEEZER_WEIGHTS_URL" in message and "\n" not in message
 
 
 @pytest.mark.backend_independent

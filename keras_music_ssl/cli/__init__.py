@@ -25,6 +25,7 @@ COMMANDS = {
     "pretrain": "pretrain",
     "compare": "compare",
     "quickstart": "quickstart",
+    "upload": "upload",
 }
 
 

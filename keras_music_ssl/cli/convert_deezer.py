@@ -1,4 +1,9 @@
-"""kmssl convert-deezer: the authors' released .pt checkpoints -> Keras presets."""
+"""kmssl convert-deezer: the authors' released .pt checkpoints -> Keras presets.
+
+    kmssl convert-deezer --download          # fetch weights.zip, convert all five (deezer_byol, ...)
+    kmssl convert-deezer ~/weights.zip       # the same from a zip downloaded by hand
+    kmssl convert-deezer byol.pt --branch teacher --out byol_teacher/
+"""
 
 import json
 import sys
@@ -7,8 +12,15 @@ HELP = "Convert the authors' released PyTorch checkpoints (weights.zip) into Ker
 
 
 def add_arguments(parser):
-    parser.add_argument("checkpoints", nargs="+", metavar="PATH.pt",
-                        help="checkpoint(s) from weights.zip (contrastive.pt, byol.pt, ...)")
+    parser.add_argument("checkpoints", nargs="*", metavar="PATH",
+                        help="checkpoint(s) from weights.zip (contrastive.pt, byol.pt, ...), or the "
+                             "weights.zip itself (all five are converted into $KMSSL_WEIGHTS_DIR)")
+    parser.add_argument("--download", action="store_true",
+                        help="download the authors' weights.zip ($KMSSL_DEEZER_WEIGHTS_URL, else their GitHub "
+                             "release; resumed if interrupted) and convert all five into $KMSSL_WEIGHTS_DIR")
+    parser.add_argument("--weights-dir", default=None,
+                        help="where the named presets go (default: $KMSSL_WEIGHTS_DIR, else "
+                             "~/.cache/keras_music_ssl/presets)")
     parser.add_argument("--out", metavar="DIR",
                         help="preset folder to write (one checkpoint only); default: "
                              "$KMSSL_WEIGHTS_DIR/<preset name>, e.g. deezer_byol for byol.pt")
@@ -39,6 +51,12 @@ def run(args):
         print("kmssl convert-deezer: give --out for a teacher: the named presets hold the "
               "trained (student) encoders.", file=sys.stderr)
         return 2
+    zips = [p for p in args.checkpoints if str(p).lower().endswith(".zip")]
+    if args.download or zips:
+        return _release(args, zips)
+    if not args.checkpoints:
+        print("kmssl convert-deezer: give checkpoint files, a weights.zip, or --download.", file=sys.stderr)
+        return 2
     heads = args.heads or convert.DEFAULT_HEADS
     failed = 0
     for path in args.checkpoints:
@@ -46,7 +64,7 @@ def run(args):
             if args.inspect:
                 print(json.dumps(convert.inspect_checkpoint(path, heads), indent=2))
                 continue
-            out = args.out or convert.default_preset_dir(path)
+            out = args.out or convert.default_preset_dir(path, args.weights_dir)
             with warnings.catch_warnings(record=True) as caught:
                 warnings.simplefilter("always", UserWarning)
                 _, meta = convert.convert_checkpoint(path, out, args.branch, heads,
@@ -64,3 +82,19 @@ def run(args):
                   file=sys.stderr)
             failed += 1
     return 1 if failed else 0
+
+
+def _release(args, zips):
+    """All five named presets from the release zip (downloaded, or given)."""
+    from keras_music_ssl.deezer_release import fetch_presets
+
+    if len(zips) > 1 or (zips and (args.download or len(args.checkpoints) > 1)) or args.out or args.inspect \
+            or args.branch != "student" or args.heads:
+        print("kmssl convert-deezer: --download and a weights.zip convert the five released encoders as they are: "
+              "give one of them alone (with --weights-dir, --overwrite); convert single .pt files for "
+              "--out, --branch, --heads or --inspect.", file=sys.stderr)
+        return 2
+    folders = fetch_presets(args.weights_dir, source=zips[0] if zips else None, overwrite=args.overwrite)
+    for name, folder in folders.items():
+        print(f"{name} -> {folder}")
+    return 0

@@ -83,7 +83,7 @@ def _calibration_clips(paths, clip_samples, sample_rate):
 def run(args):
     from keras_music_ssl import storage
     from keras_music_ssl.export import ExportError, export, is_export, model_metadata
-    from keras_music_ssl.presets import PresetNotFoundError
+    from keras_music_ssl.presets import PresetNotFoundError, preset_metadata
 
     storage.check_output(args.out, "file" if args.format.startswith("tflite") else "folder")
     if os.path.lexists(args.out) and not args.overwrite:
@@ -101,8 +101,10 @@ def run(args):
         representative = None
         if args.calibration:
             representative = _calibration_clips(args.calibration, model.num_samples, model.sample_rate)
+        # the preset's training and licence go into the export's model card
+        metadata = preset_metadata(args.preset, args.weights_dir) if args.preset else None
         out = export(model, args.out, args.format, representative=representative,
-                     overwrite=args.overwrite)
+                     overwrite=args.overwrite, metadata=metadata)
     except (PresetNotFoundError, ValueError, TypeError, ExportError) as error:
         return _fail(error)
     print(f"Exported the {model_metadata(model)['kind']} to {out} ({args.format}).")

@@ -40,6 +40,11 @@ a ``.tflite`` file carries those two files in a zip archive appended to the flat
 the way TFLite Support attaches label files: interpreters ignore it, any zip reader (or
 ``read_metadata``) reads it.
 
+Every export also carries its model card (``card.py``): ``README.md`` (Hub front matter, what the
+model is, its signatures as written, tags, training, licence, citation) and an Essentia-style
+``model.json`` (classes, schema, sample rate, dataset, metrics), inside a SavedModel or ONNX folder
+and as ``<stem>.md`` / ``<stem>.json`` beside a ``.tflite`` file.
+
 On device, a long track is tagged either with ``tag_track`` (dynamic length) or, where
 only a fixed 4 s input is wanted, by peak-normalising the whole track, running ``tag``
 on each zero-padded 4 s chunk (batch 1, so memory stays constant), averaging the
@@ -74,12 +79,13 @@ QUANTIZATIONS = {"tflite": None, "tflite-fp16": "float16", "tflite-int8": "dynam
                  "tflite-int8-full": "full_int8"}
 
 __all__ = ["FORMATS", "QUANTIZATIONS", "METADATA_FILE", "TAGS_FILE", "ExportError", "OnnxRunner", "SavedModelRunner",
-           "TFLiteRunner", "export", "export_keras_file", "export_onnx", "export_saved_model", "export_tflite",
-           "load_exported", "model_metadata", "onnx_operators", "read_metadata", "synthetic_clips",
+           "TFLiteRunner", "card_sidecars", "export", "export_keras_file", "export_onnx", "export_saved_model",
+           "export_tflite", "exported_schema", "load_exported", "model_metadata", "onnx_operators", "read_metadata", "synthetic_clips",
            "tflite_operators", "track_chunks"]
 
 
-def export(model, path, format="savedmodel", representative=None, overwrite=False):
+def export(model, path, format="savedmodel", representative=None, overwrite=False, *, metadata=None,
+           probe_results=None, card=True):
     """Export ``model`` (``MusicEncoder`` or ``MusicTagger``) to ``path`` in one of ``FORMATS``.
 
     Under the TensorFlow backend it exports in-process; under JAX or PyTorch it saves the
@@ -87,6 +93,15 @@ def export(model, path, format="savedmodel", representative=None, overwrite=Fals
     The result appears at ``path`` only when complete (written beside it, then renamed).
     ``overwrite`` replaces only an earlier export (:func:`is_export`), never another file or
     folder; a model with a NaN or infinite weight is refused.
+
+    ``card``: the export carries its model card (``README.md``) and an Essentia-style
+    ``model.json`` (tag list, the signatures as written, sample rate, ...: ``card.export_files``),
+    inside a SavedModel or ONNX folder (renamed into place with it) and beside a ``.tflite`` file
+    as ``<stem>.md`` and ``<stem>.json`` (written once the file is in place; ``overwrite``
+    replaces them with it, and files of those names that are not ours stop the export before
+    any work). ``metadata``: what the model's preset says about it (``presets.preset_metadata``:
+    method, training, licence); ``probe_results``: a ``kmssl probe`` ``results.json`` holding its
+    encoder, whose numbers the card shows beside the floors.
     """
     if format not in FORMATS:
         raise ValueError(f"format must be one of {FORMATS}, got {format!r}")
@@ -106,6 +121,11 @@ def export(model, path, format="savedmodel", representative=None, overwrite=Fals
             if not is_export(path):
                 raise storage.StorageError(f"{path} is not an export of keras_music_ssl; not replacing it "
                                            "(remove it yourself, or choose another output)")
+        sidecars = card_sidecars(path) if card and format.startswith("tflite") else {}
+        for sidecar in sidecars.values():  # before any work, as the checks above
+            if os.path.lexists(sidecar) and not _own_sidecar(sidecar):
+                raise storage.StorageError(f"{sidecar} is not a model card of keras_music_ssl; not replacing it with "
+                                           f"the card of {path.name} (move it, or choose another output)")
         with storage.atomic_target(path, ".tflite" if format.startswith("tflite") else "") as partial:
             if keras.backend.backend() != "tensorflow":
                 _export_in_tensorflow(model, partial, format, representative)
@@ -115,11 +135,123 @@ def export(model, path, format="savedmodel", representative=None, overwrite=Fals
                 export_onnx(model, partial)
             else:
                 export_tflite(model, partial, QUANTIZATIONS[format], representative)
+            cards = _card_texts(model, partial, format, metadata, probe_results) if card else {}
             if partial.is_dir():
                 storage.mark_output(partial, "export", format=format)
+                for name, text in cards.items():
+                    storage.write_text(partial / FOLDER_CARD_FILES[name], text)
             if os.path.lexists(path) and partial.is_dir() != path.is_dir():  # another format: checked ours above
+                stale = [] if path.is_dir() else [p for p in card_sidecars(path).values() if _own_sidecar(p)]
                 storage.remove_output(path, "export", recognise=is_export)
+                for old in stale:  # the card of the file export this folder replaces
+                    old.unlink(missing_ok=True)
+        for name, sidecar in sidecars.items():  # the .tflite file is in place: its card beside it
+            storage.write_text(sidecar, cards[name])
     return path
+
+
+FOLDER_CARD_FILES = {"card": "README.md", "json": "model.json"}
+
+
+def card_sidecars(path):
+    """The card files beside a ``.tflite`` export: ``<stem>.md`` and ``<stem>.json`` (Essentia ships
+    a model file and its ``.json`` side by side)."""
+    path = pathlib.Path(path)
+    stem = path.name if path.suffix in (".md", ".json") else path.stem  # never the model file itself
+    return {"card": path.with_name(f"{stem}.md"), "json": path.with_name(f"{stem}.json")}
+
+
+def _own_sidecar(path):
+    from keras_music_ssl.card import is_generated, is_own_json
+
+    path = pathlib.Path(path)
+    return not path.is_symlink() and path.is_file() and (is_own_json(path) if path.suffix == ".json"
+                                                         else is_generated(path))
+
+
+def _card_texts(model, written, format, metadata, probe_results):
+    """``{"card": README text, "json": model.json text}`` of the export just written at ``written``."""
+    from keras_music_ssl import storage
+    from keras_music_ssl.card import export_files
+
+    readme, data = export_files(model, format, exported_schema(written, format), metadata, probe_results)
+    return {"card": readme, "json": storage.dumps_json(data)}
+
+
+def exported_schema(path, format):
+    """``{signature: {"inputs": [...], "outputs": [...]}}`` of an export, read back from its files:
+    each tensor's ``name``, ``dtype`` and ``shape`` (None for a dimension of any size)."""
+    path = pathlib.Path(path)
+    if format == "savedmodel":
+        return _saved_model_schema(path)
+    if format == "onnx":
+        return _onnx_schema(path)
+    return _tflite_schema(path)
+
+
+def _tensor(name, dtype, shape):
+    return {"name": name, "dtype": dtype,
+            "shape": None if shape is None else [None if d is None or d < 0 else int(d) for d in shape]}
+
+
+def _saved_model_schema(path):
+    import tensorflow as tf
+    from tensorflow.core.protobuf import saved_model_pb2
+
+    # The signature defs of saved_model.pb: what TF Serving exposes, without loading the graph.
+    proto = saved_model_pb2.SavedModel.FromString((path / "saved_model.pb").read_bytes())
+    schema = {}
+    for name, signature in sorted(proto.meta_graphs[0].signature_def.items()):
+        if name.startswith("__"):  # TF's own (__saved_model_init_op)
+            continue
+        schema[name] = {side: [_tensor(key, tf.dtypes.as_dtype(info.dtype).name, None if info.tensor_shape.unknown_rank
+                                       else [d.size for d in info.tensor_shape.dim])
+                               for key, info in sorted(getattr(signature, side).items())]
+                        for side in ("inputs", "outputs")}
+    return schema
+
+
+def _tflite_schema(path):
+    from ai_edge_litert.interpreter import Interpreter
+
+    interpreter = Interpreter(model_path=str(path))
+    schema = {}
+    for name in sorted(interpreter.get_signature_list()):
+        runner = interpreter.get_signature_runner(name)
+        schema[name] = {side: [_tensor(key, np.dtype(detail["dtype"]).name, detail["shape_signature"])
+                               for key, detail in sorted(details.items())]
+                        for side, details in (("inputs", runner.get_input_details()),
+                                              ("outputs", runner.get_output_details()))}
+    return schema
+
+
+def _onnx_schema(path):
+    import onnx
+    from onnx import helper
+
+    from keras_music_ssl.export.onnx import FILES, SIGNATURES
+
+    def tensors(values, constants):
+        out = []
+        for value in values:
+            if value.name in constants:
+                continue
+            kind = value.type.tensor_type
+            dtype = ("string" if kind.elem_type == onnx.TensorProto.STRING
+                     else np.dtype(helper.tensor_dtype_to_np_dtype(kind.elem_type)).name)
+            shape = ([d.dim_value if d.HasField("dim_value") else None for d in kind.shape.dim]
+                     if kind.HasField("shape") else None)
+            out.append(_tensor(value.name, dtype, shape))
+        return out
+
+    kind = read_metadata(path)["kind"]
+    schema = {}
+    for call, file in FILES.items():
+        graph = onnx.load(str(path / file), load_external_data=False).graph
+        constants = {init.name for init in graph.initializer}
+        schema[SIGNATURES[kind][call]] = {"file": file, "inputs": tensors(graph.input, constants),
+                                          "outputs": tensors(graph.output, constants)}
+    return schema
 
 
 def is_export(path):
@@ -141,7 +273,7 @@ def is_export(path):
         return False
 
 
-def export_keras_file(keras_path, path, format="savedmodel", representative=None):
+def export_keras_file(keras_path, path, format="savedmodel", representative=None, card=True):
     """Load a ``.keras`` encoder/tagger (saved on any backend) and export it (TF backend)."""
     import keras
 
@@ -149,7 +281,7 @@ def export_keras_file(keras_path, path, format="savedmodel", representative=None
 
     require_tensorflow_backend()
     model = keras.saving.load_model(str(keras_path))
-    return export(model, path, format, representative, overwrite=True)
+    return export(model, path, format, representative, overwrite=True, card=card)
 
 
 def _export_in_tensorflow(model, path, format, representative):
@@ -160,9 +292,10 @@ def _export_in_tensorflow(model, path, format, representative):
         if representative is not None:
             calibration = os.path.join(tmp, "representative.npy")
             np.save(calibration, np.asarray(representative, np.float32))
+        # card=False: the calling process writes the card, beside the final path it alone knows.
         code = ("import sys, numpy as np; from keras_music_ssl.export import export_keras_file; "
                 "export_keras_file(sys.argv[1], sys.argv[2], sys.argv[3], "
-                "np.load(sys.argv[4]) if sys.argv[4] else None)")
+                "np.load(sys.argv[4]) if sys.argv[4] else None, card=False)")
         package_root = str(pathlib.Path(__file__).resolve().parents[2])  # the folder holding keras_music_ssl/
         env = {**os.environ, "KERAS_BACKEND": "tensorflow",
                "PYTHONPATH": os.pathsep.join(filter(None, [package_root, os.environ.get("PYTHONPATH")]))}
