@@ -16,11 +16,16 @@ weights), its parameter count, its probe results beside the floors, how to load 
 and the paper to cite.
 
 Metadata keys the card reads (all optional): ``method``, ``dataset`` (``{"name",
-"description"}``: the training data), ``training`` (the run's settings), ``training_procedure``
-(text), ``license`` / ``license_name`` / ``license_link`` (Hub licence identifiers),
-``licence`` (text), ``citation``, ``paper``, ``source`` and ``checkpoint`` (a conversion's
-origin), plus what ``save_to_preset`` records (versions, backend, date, parameter counts,
-``weights_fingerprint``, ``files``).
+"description", "licence"}``: the training data), ``training`` (the run's settings),
+``training_procedure`` (text), ``license`` / ``license_name`` / ``license_link`` (Hub licence
+identifiers), ``licence`` (text), ``citation``, ``paper`` (its URL), ``source`` and ``checkpoint``
+(a conversion's origin), plus what ``save_to_preset`` records (versions, backend, date, parameter
+counts, ``weights_fingerprint``, ``files``).
+
+A model of another paper (the zoo: musicnn's taggers, ``musicnn/release.py``) is not described by
+its config alone: its converter writes the card's text in ``card`` (``{"title", "summary",
+"architecture", "frontend", "input", "output", "usage": [markdown lines], "hub_tags"}``), and a
+config with ``tags`` makes it a tagger.
 """
 
 import datetime
@@ -171,20 +176,23 @@ def _facts(config, metadata):
     kind, inner, tags = "model", {}, []
     name = config.get("class_name") if isinstance(config, dict) else None
     body = config.get("config", {}) if isinstance(config, dict) else {}
+    text = metadata.get("card") if isinstance(metadata.get("card"), dict) else {}
     if name == "MusicEncoder":
         kind, inner = "encoder", body
     elif name == "MusicTagger":
         kind = "tagger"
         inner = (body.get("encoder") or {}).get("config", {})
         tags = list(((body.get("head") or {}).get("config") or {}).get("tags", []))
+    elif text and isinstance(body.get("tags"), list):  # a zoo tagger: its tags are in its own config
+        kind, tags = "tagger", list(body["tags"])
     frontend = {**_frontend_defaults(), **(inner.get("frontend") or {})}
     sample_rate = int(metadata.get("sample_rate") or frontend.get("sample_rate") or 16000)
     source = metadata.get("source")
-    origin = ("deezer" if isinstance(source, dict) and source.get("release") else
+    origin = ("zoo" if text else "deezer" if isinstance(source, dict) and source.get("release") else
               "pretrain" if source == "keras_music_ssl.pretrain" else None)
     method = metadata.get("method") if isinstance(metadata.get("method"), str) else None
     return {
-        "kind": kind, "class_name": name, "tags": tags, "encoder": inner, "frontend": frontend,
+        "kind": kind, "class_name": name, "tags": tags, "text": text, "encoder": inner, "frontend": frontend,
         "sample_rate": sample_rate, "num_samples": int(inner.get("num_samples") or 4 * sample_rate),
         "output_dim": inner.get("output_dim"), "method": method, "origin": origin, "metadata": metadata,
         "parameter_count": metadata.get("parameter_count"),
@@ -303,6 +311,8 @@ def _front_matter(facts, export):
         if meta.get(key) and facts["license"] == "other":
             fields[key] = meta[key]
     tags = ["audio", "music", "music-tagging", "self-supervised-learning", "keras", "keras-music-ssl"]
+    if facts["text"]:  # not self-supervised: a supervised tagger of another paper
+        tags = [t for t in tags if t != "self-supervised-learning"] + list(facts["text"].get("hub_tags", []))
     if facts["method"]:
         tags.append(facts["method"].replace("_", "-"))
     if facts["origin"] == "deezer":
@@ -321,6 +331,9 @@ def _front_matter(facts, export):
 
 
 def _title(facts, export):
+    if facts["text"].get("title"):
+        title = facts["text"]["title"]
+        return title + (f", exported as {_format_name(export['format'])}" if export is not None else "")
     method = METHOD_NAMES.get(facts["method"], facts["method"])
     what = {"tagger": "music tagger", "encoder": "music encoder"}.get(facts["kind"], "model")
     title = f"{method} {what}" if method else f"keras-music-ssl {what}"
@@ -342,6 +355,8 @@ def _number(value):
 
 
 def _architecture(facts):
+    if facts["text"].get("architecture"):
+        return facts["text"]["architecture"]
     enc = facts["encoder"]
     if not enc:
         return f"a `{facts['class_name']}` (see `config.json`)"
@@ -355,6 +370,8 @@ def _architecture(facts):
 
 
 def _intro(facts, export):
+    if facts["text"].get("summary"):
+        return facts["text"]["summary"]
     dim, seconds = facts["output_dim"], facts["num_samples"] / facts["sample_rate"]
     method = facts["method"]
     if facts["kind"] == "tagger":
@@ -385,7 +402,9 @@ def _model_section(facts):
                                if isinstance(trainable, int) and trainable != params else "")
     lines = ["## Model", "", f"- **Architecture**: {_architecture(facts)}."]
     f = facts["frontend"]
-    if facts["encoder"]:
+    if facts["text"].get("frontend"):
+        lines.append(f"- **Frontend** (inside the model): {facts['text']['frontend']}.")
+    elif facts["encoder"]:
         # "dft" only chooses how the same numbers are computed (ONNX); any other change is another frontend.
         own = {k: v for k, v in (facts["encoder"].get("frontend") or {}).items() if k not in ("dft", "name")}
         authors = all(_frontend_defaults().get(k) == v for k, v in own.items())
@@ -399,6 +418,9 @@ def _model_section(facts):
 
 
 def _io_section(facts, export):
+    if facts["text"].get("input"):
+        return ["## Input and output", "", f"- **Input**: {facts['text']['input']}",
+                f"- **Output**: {facts['text'].get('output', 'see `config.json`.')}"]
     if facts["kind"] == "model":
         return ["## Input and output", "", "See `config.json`: this is not one of the library's music models."]
     sr, n, dim = facts["sample_rate"], facts["num_samples"], facts["output_dim"]
@@ -509,6 +531,8 @@ def _usage_section(facts, export):
                               "tagger's tag names are in a zip appended to the file, and in the `.json` beside it)."))
         return lines
     lines = ["## How to use", ""]
+    if facts["text"].get("usage"):
+        return lines + [str(line) for line in facts["text"]["usage"]]
     if facts["kind"] == "encoder":
         lines += ["```python", "from keras_music_ssl import MusicEncoder", "",
                   "encoder = MusicEncoder.from_preset(\"path/to/this/folder\")  # or \"hf://OWNER/NAME\"",
@@ -548,7 +572,9 @@ def _licence_section(facts):
 
 def _citation_section(facts):
     citation = facts["metadata"].get("citation") or PAPER_CITATION
-    return ["## Citation", "", f"The architecture, the methods and the evaluation are the paper's ({PAPER_URL}):",
+    paper = facts["metadata"].get("paper") or PAPER_URL
+    what = "The architecture and the weights are" if facts["text"] else "The architecture, the methods and the evaluation are"
+    return ["## Citation", "", f"{what} the paper's ({paper}):",
             "", "```bibtex", citation.strip(), "```"]
 
 

@@ -4,10 +4,11 @@ A preset is data, not code (as in keras-hub): the config rebuilds the model, the
 fill it, and the metadata says what it is (method, source, sample rate, input contract,
 licence). ``MusicEncoder.from_preset`` / ``save_to_preset`` are the public entry points.
 
-Named presets (``deezer_contrastive``, ...) are the paper's released checkpoints after
-conversion. They resolve to ``<weights_dir>/<name>/``, where ``weights_dir`` is an argument,
-else the environment variable ``KMSSL_WEIGHTS_DIR``, else ``~/.cache/keras_music_ssl/presets``;
-the first use downloads and converts them (``deezer_release.py``). ``hf://`` and ``kaggle://``
+Named presets are released checkpoints after conversion: the paper's encoders
+(``deezer_contrastive``, ...) and musicnn's taggers (``musicnn_mtt``, ``vgg_msd``, ...). They
+resolve to ``<weights_dir>/<name>/``, where ``weights_dir`` is an argument, else the environment
+variable ``KMSSL_WEIGHTS_DIR``, else ``~/.cache/keras_music_ssl/presets``; the first use
+downloads and converts them (``deezer_release.py``, ``musicnn/release.py``). ``hf://`` and ``kaggle://``
 handles load presets from the Hugging Face Hub and Kaggle Models (``hub.py``). A preset's
 metadata records its weights file's size and SHA-256; a file that no longer matches is refused
 (a named preset is converted again).
@@ -47,6 +48,15 @@ DEEZER_PRESETS = {
     "deezer_vicreg": ("vicreg", "feature_stats.pt"),
 }
 
+# name -> (model class, checkpoint folder inside the musicnn 0.1.0 wheel)
+MUSICNN_PRESETS = {
+    "musicnn_mtt": ("Musicnn", "MTT_musicnn"),
+    "musicnn_msd": ("Musicnn", "MSD_musicnn"),
+    "vgg_mtt": ("Vgg", "MTT_vgg"),
+    "vgg_msd": ("Vgg", "MSD_vgg"),
+}
+NAMED_PRESETS = (*DEEZER_PRESETS, *MUSICNN_PRESETS)
+
 
 class PresetNotFoundError(KmsslError, FileNotFoundError):
     """No preset of that name or folder."""
@@ -62,8 +72,9 @@ def weights_dir(path=None):
 
 def resolve_preset(name_or_dir, weights_root=None, download=True):
     """Path of a preset folder, from a folder path, a hub handle (``hf://owner/name``,
-    ``kaggle://owner/model/keras/variant``: ``hub.py``) or a named preset (the authors' encoders,
-    downloaded and converted on first use unless ``download=False``: ``deezer_release.py``)."""
+    ``kaggle://owner/model/keras/variant``: ``hub.py``) or a named preset (:data:`NAMED_PRESETS`,
+    downloaded and converted on first use unless ``download=False``: ``deezer_release.py``,
+    ``musicnn/release.py``)."""
     path = pathlib.Path(name_or_dir).expanduser()
     if (path / CONFIG_FILE).is_file():
         return path
@@ -72,22 +83,31 @@ def resolve_preset(name_or_dir, weights_root=None, download=True):
         from keras_music_ssl.hub import download_preset
 
         return download_preset(name)
-    if name in DEEZER_PRESETS:
+    if name in NAMED_PRESETS:
         local = weights_dir(weights_root) / name
         if not (local / CONFIG_FILE).is_file() and download:
-            from keras_music_ssl.deezer_release import fetch_presets
-
-            fetch_presets(weights_root)
+            _fetch(name, weights_root)
         if (local / CONFIG_FILE).is_file():
             return local
-        raise PresetNotFoundError(f"Preset {name!r} is not in {local}: run kmssl convert-deezer --download, "
+        how = ("run kmssl convert-deezer --download" if name in DEEZER_PRESETS else
+               "load it once with the network (pip download musicnn==0.1.0) or with KMSSL_MUSICNN_WHEEL set")
+        raise PresetNotFoundError(f"Preset {name!r} is not in {local}: {how}, "
                                   f"or set {WEIGHTS_DIR_ENV} to the folder that holds your converted presets")
     if path.exists():
         raise PresetNotFoundError(f"{path} is not a preset folder: it has no {CONFIG_FILE}.")
     raise PresetNotFoundError(
         f"Unknown preset {name!r}: neither a folder, a hub handle (hf://..., kaggle://...) nor one of "
-        f"{', '.join(DEEZER_PRESETS)}."
+        f"{', '.join(NAMED_PRESETS)}."
     )
+
+
+def _fetch(name, weights_root):
+    """Download and convert the release that holds the named preset ``name``."""
+    if name in DEEZER_PRESETS:
+        from keras_music_ssl.deezer_release import fetch_presets
+    else:
+        from keras_music_ssl.musicnn.release import fetch_presets
+    fetch_presets(weights_root)
 
 
 def _recorded(model, weights):
@@ -158,10 +178,10 @@ def load_preset(name_or_dir, weights_root=None, load_weights=True):
     if load_weights and not (path / WEIGHTS_FILE).is_file():
         raise PresetNotFoundError(f"{path} has a {CONFIG_FILE} but no {WEIGHTS_FILE}.")
     damage = load_weights and damaged(path)
-    if damage and str(name_or_dir) in DEEZER_PRESETS and path == weights_dir(weights_root) / str(name_or_dir):
+    if damage and str(name_or_dir) in NAMED_PRESETS and path == weights_dir(weights_root) / str(name_or_dir):
         import warnings
 
-        warnings.warn(f"{damage}; converting the authors' release again", stacklevel=2)
+        warnings.warn(f"{damage}; converting the release again", stacklevel=2)
         shutil.rmtree(path)  # our own cache: fetched again below
         path, damage = resolve_preset(name_or_dir, weights_root), None
     if damage:
