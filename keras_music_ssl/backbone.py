@@ -250,11 +250,11 @@ class MusicEncoder(FastInference, keras.Model):
     @classmethod
     def from_preset(cls, name_or_dir, weights_dir=None, load_weights=True):
         """Load a preset folder or a named preset (e.g. ``"deezer_contrastive"``)."""
-        from keras_music_ssl.presets import load_preset
+        from keras_music_ssl.presets import PresetKindError, load_preset
 
         model = load_preset(name_or_dir, weights_dir, load_weights)
         if not isinstance(model, cls):
-            raise TypeError(f"Preset {name_or_dir!r} holds a {type(model).__name__}, not a {cls.__name__}.")
+            raise PresetKindError(f"Preset {name_or_dir!r} holds a {type(model).__name__}, not a {cls.__name__}.")
         return model
 
     def save_to_preset(self, preset_dir, **metadata):

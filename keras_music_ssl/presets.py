@@ -66,6 +66,10 @@ class PresetError(KmsslError, ValueError):
     """A preset that exists but cannot be used: a broken config or weights file, non-finite weights."""
 
 
+class PresetKindError(PresetError, TypeError):
+    """A preset that holds another kind of model than the one asked for (a tagger where an encoder is needed)."""
+
+
 def weights_dir(path=None):
     return pathlib.Path(path or os.environ.get(WEIGHTS_DIR_ENV) or DEFAULT_WEIGHTS_DIR).expanduser()
 

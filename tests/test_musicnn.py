@@ -287,8 +287,13 @@ def test_presets_round_trip_through_save_to_preset_and_keras_files(presets, tmp_
             assert loaded.tags == model.tags and len(loaded.tags) == 50
             for key, value in loaded(patch, training=False).items():
                 np.testing.assert_array_equal(keras.ops.convert_to_numpy(value), expected[key])
-    with pytest.raises(TypeError, match="holds a Vgg, not a Musicnn"):
+    from keras_music_ssl import MusicEncoder, KmsslError
+
+    with pytest.raises(TypeError, match="holds a Vgg, not a Musicnn") as error:
         Musicnn.from_preset(presets["vgg_mtt"])
+    assert isinstance(error.value, KmsslError)  # one line in any kmssl command (embed, export: no tagger there)
+    with pytest.raises(KmsslError, match="holds a Musicnn, not a MusicEncoder"):
+        MusicEncoder.from_preset(presets["musicnn_mtt"])
 
 
 def test_converted_presets_carry_their_tags_licence_and_reported_results(presets):
