@@ -250,12 +250,9 @@ class MusicEncoder(FastInference, keras.Model):
     @classmethod
     def from_preset(cls, name_or_dir, weights_dir=None, load_weights=True):
         """Load a preset folder or a named preset (e.g. ``"deezer_contrastive"``)."""
-        from keras_music_ssl.presets import PresetKindError, load_preset
+        from keras_music_ssl.presets import load_preset
 
-        model = load_preset(name_or_dir, weights_dir, load_weights)
-        if not isinstance(model, cls):
-            raise PresetKindError(f"Preset {name_or_dir!r} holds a {type(model).__name__}, not a {cls.__name__}.")
-        return model
+        return load_preset(name_or_dir, weights_dir, load_weights, kind=cls)
 
     def save_to_preset(self, preset_dir, **metadata):
         """Write config + weights + metadata (method, source, licence, ...) to ``preset_dir``."""

@@ -27,7 +27,8 @@ import zipfile
 from keras_music_ssl import storage
 from keras_music_ssl.download import DownloadError, download, partial_download, sha256_of
 from keras_music_ssl.errors import KmsslError
-from keras_music_ssl.presets import CONFIG_FILE, DEEZER_PRESETS, DEEZER_WEIGHTS_URL, METADATA_FILE, weights_dir
+from keras_music_ssl.presets import (DEEZER_PRESETS, DEEZER_WEIGHTS_URL, METADATA_FILE, checked_zip,
+                                     make_named_presets, weights_dir)
 
 URL_ENV = "KMSSL_DEEZER_WEIGHTS_URL"
 ZIP_NAME = "weights.zip"
@@ -41,12 +42,6 @@ def release_url():
     return os.environ.get(URL_ENV) or DEEZER_WEIGHTS_URL
 
 
-def converted(root=None):
-    """The named presets already converted in ``root`` (the weights folder)."""
-    root = weights_dir(root)
-    return [name for name in DEEZER_PRESETS if (root / name / CONFIG_FILE).is_file()]
-
-
 def fetch_presets(root=None, source=None, overwrite=False, progress=True):
     """Make the five named presets in ``root`` (the weights folder) and return ``{name: folder}``.
 
@@ -55,24 +50,16 @@ def fetch_presets(root=None, source=None, overwrite=False, progress=True):
     ``source`` is given). Raises :class:`ReleaseError` in one line.
     """
     root = weights_dir(root)
-    folders = {name: root / name for name in DEEZER_PRESETS}
-    if not overwrite and len(converted(root)) == len(folders):
-        return folders
-    with storage.locked(root / "deezer-release", folder=False, wait=True):
-        if not overwrite and len(converted(root)) == len(folders):  # another process made them meanwhile
-            return folders
-        zip_path, ours = (pathlib.Path(source), False) if source else (_download(root), True)
-        try:
-            release = {"url": str(zip_path) if source else release_url(), "sha256": sha256_of(zip_path),
-                       "size": zip_path.stat().st_size}
-            _convert_all(zip_path, root, folders, release)
-        except ReleaseError:
-            if ours:
-                zip_path.unlink(missing_ok=True)
-            raise
-        if ours:
-            zip_path.unlink(missing_ok=True)  # the presets hold all it had; their metadata its checksum
-    return folders
+
+    def obtain():
+        return (pathlib.Path(source), False) if source else (_download(root), True)
+
+    def convert(zip_path, downloaded, staging):
+        release = {"url": release_url() if downloaded else str(zip_path), "sha256": sha256_of(zip_path),
+                   "size": zip_path.stat().st_size}
+        _convert_all(zip_path, staging, release)
+
+    return make_named_presets("deezer", DEEZER_PRESETS, root, obtain, convert, overwrite)
 
 
 def _download(root):
@@ -92,15 +79,9 @@ def _download(root):
 def _members(zip_path):
     """``{checkpoint file name: zip member}`` for the five checkpoints; ReleaseError otherwise."""
     try:
-        with zipfile.ZipFile(zip_path) as archive:
-            damaged = archive.testzip()
-            names = archive.namelist()
-    except (zipfile.BadZipFile, OSError, EOFError) as error:
-        raise ReleaseError(f"{zip_path} is not a readable zip ({error}); it was removed if downloaded here, "
-                           "run again to download it anew") from None
-    if damaged is not None:
-        raise ReleaseError(f"{zip_path} is damaged (member {damaged} fails its CRC check); run again to "
-                           "download it anew")
+        names = checked_zip(zip_path)
+    except ValueError as error:
+        raise ReleaseError(f"{error}; it was removed if downloaded here, run again to download it anew") from None
     wanted = {filename for _, filename in DEEZER_PRESETS.values()}
     found = {}
     for member in names:
@@ -115,35 +96,25 @@ def _members(zip_path):
     return found
 
 
-def _convert_all(zip_path, root, folders, release):
+def _convert_all(zip_path, staging, release):
+    """Convert the five checkpoints of the zip into ``staging/<preset name>/``."""
     from keras_music_ssl.convert import CheckpointError, convert_checkpoint
     from keras_music_ssl.torch_weights import StateDictMismatchError
 
     members = _members(zip_path)
-    root.mkdir(parents=True, exist_ok=True)
-    staging = storage.partial_path(root / "deezer-release")
-    storage.clean_partials(root, only_dead=True)  # a killed conversion's staging folder
-    try:
-        staging.mkdir()
-        with zipfile.ZipFile(zip_path) as archive:
-            for name, (method, filename) in DEEZER_PRESETS.items():
-                checkpoint = staging / filename
-                with archive.open(members[filename]) as src, open(checkpoint, "wb") as dst:
-                    shutil.copyfileobj(src, dst, 1 << 20)
-                try:
-                    with warnings.catch_warnings():
-                        warnings.simplefilter("ignore", UserWarning)  # frontend notes stay in metadata
-                        convert_checkpoint(checkpoint, staging / name, method=method)
-                except (CheckpointError, StateDictMismatchError) as error:
-                    raise ReleaseError(f"{zip_path}: {members[filename]} cannot be converted "
-                                       f"({str(error).splitlines()[0]}); nothing was kept") from None
-                checkpoint.unlink()
-                meta = storage.read_json(staging / name / METADATA_FILE)
-                storage.write_json(staging / name / METADATA_FILE,
-                                   {**meta, "release": {**release, "member": members[filename]}})
-        for name, folder in folders.items():  # all five converted: now into place
-            if folder.exists():
-                shutil.rmtree(folder)  # an older conversion (overwrite) or a folder without a config
-            os.replace(staging / name, folder)
-    finally:
-        shutil.rmtree(staging, ignore_errors=True)
+    with zipfile.ZipFile(zip_path) as archive:
+        for name, (method, filename) in DEEZER_PRESETS.items():
+            checkpoint = staging / filename
+            with archive.open(members[filename]) as src, open(checkpoint, "wb") as dst:
+                shutil.copyfileobj(src, dst, 1 << 20)
+            try:
+                with warnings.catch_warnings():
+                    warnings.simplefilter("ignore", UserWarning)  # frontend notes stay in metadata
+                    convert_checkpoint(checkpoint, staging / name, method=method)
+            except (CheckpointError, StateDictMismatchError) as error:
+                raise ReleaseError(f"{zip_path}: {members[filename]} cannot be converted "
+                                   f"({str(error).splitlines()[0]}); nothing was kept") from None
+            checkpoint.unlink()
+            meta = storage.read_json(staging / name / METADATA_FILE)
+            storage.write_json(staging / name / METADATA_FILE,
+                               {**meta, "release": {**release, "member": members[filename]}})

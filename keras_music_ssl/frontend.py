@@ -53,6 +53,16 @@ def dft_kernel(window):
 DFT_MODES = ("fft", "matmul")
 
 
+def num_stft_frames(num_samples, n_fft, hop_length, center):
+    """STFT frames of ``num_samples`` samples (None stays None): centred frames pad ``n_fft // 2``
+    on both sides."""
+    if num_samples is None:
+        return None
+    if center:
+        return 1 + num_samples // hop_length
+    return 1 + (num_samples - n_fft) // hop_length
+
+
 @keras.saving.register_keras_serializable(package="keras_music_ssl")
 class LogMelSpectrogram(keras.layers.Layer):
     """Raw mono waveform (batch, samples) -> log-mel (batch, n_mels, frames, 1), channels-last.
@@ -140,11 +150,7 @@ class LogMelSpectrogram(keras.layers.Layer):
         )
 
     def num_frames(self, num_samples):
-        if num_samples is None:
-            return None
-        if self.center:
-            return 1 + num_samples // self.hop_length
-        return 1 + (num_samples - self.n_fft) // self.hop_length
+        return num_stft_frames(num_samples, self.n_fft, self.hop_length, self.center)
 
     def call(self, waveform):
         dtype = "float64" if self.compute_dtype == "float64" else "float32"

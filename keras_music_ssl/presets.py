@@ -105,6 +105,66 @@ def resolve_preset(name_or_dir, weights_root=None, download=True):
     )
 
 
+def make_named_presets(release, names, root, obtain, convert, overwrite=False):
+    """Convert a release into the named presets ``names`` in ``root`` (a weights folder); return
+    ``{name: folder}``. The one mechanism of ``deezer_release.py`` and ``musicnn/release.py``.
+
+    Nothing happens when all of them exist (unless ``overwrite``). Otherwise, under a lock other
+    processes wait on (they then find the presets made), ``obtain()`` gives ``(source file,
+    downloaded here)`` and ``convert(source, downloaded, staging)`` writes one preset folder per
+    name into a hidden ``staging`` folder; only when all converted are they moved into place. A
+    source downloaded here is removed afterwards, and also when ``convert`` refuses it (a
+    ``KmsslError``), so the next call downloads afresh; the presets' metadata keep its checksum.
+    """
+    root = weights_dir(root)
+    folders = {name: root / name for name in names}
+
+    def made():
+        return not overwrite and all((folder / CONFIG_FILE).is_file() for folder in folders.values())
+
+    if made():
+        return folders
+    root.mkdir(parents=True, exist_ok=True)
+    with storage.locked(root / f"{release}-release", folder=False, wait=True):
+        if made():  # another process made them meanwhile
+            return folders
+        source, downloaded = obtain()
+        staging = storage.partial_path(root / f"{release}-release")
+        storage.clean_partials(root, only_dead=True)  # a killed conversion's staging folder
+        try:
+            staging.mkdir()
+            convert(source, downloaded, staging)
+            for name, folder in folders.items():
+                if folder.exists():
+                    shutil.rmtree(folder)  # an older conversion (overwrite) or a folder without a config
+                os.replace(staging / name, folder)
+        except KmsslError:
+            if downloaded:
+                source.unlink(missing_ok=True)
+            raise
+        finally:
+            shutil.rmtree(staging, ignore_errors=True)
+        if downloaded:
+            source.unlink(missing_ok=True)
+    return folders
+
+
+def checked_zip(path):
+    """The member names of the zip ``path`` once every member passes its CRC check; a ``ValueError``
+    with a one-line reason otherwise."""
+    import zipfile
+
+    try:
+        with zipfile.ZipFile(path) as archive:
+            damaged = archive.testzip()
+            names = archive.namelist()
+    except (zipfile.BadZipFile, OSError, EOFError) as error:
+        raise ValueError(f"{path} is not a readable zip ({error})") from None
+    if damaged is not None:
+        raise ValueError(f"{path} is damaged (member {damaged} fails its CRC check)")
+    return names
+
+
 def _fetch(name, weights_root):
     """Download and convert the release that holds the named preset ``name``."""
     if name in DEEZER_PRESETS:
@@ -173,11 +233,13 @@ def save_to_preset(model, preset_dir, metadata=None):
     return preset_dir
 
 
-def load_preset(name_or_dir, weights_root=None, load_weights=True):
+def load_preset(name_or_dir, weights_root=None, load_weights=True, kind=None):
     """Rebuild the model stored in a preset (folder or name) and load its weights.
 
     A broken config or weights file, or a weight that is NaN or infinite, raises
-    :class:`PresetError` (a model with a NaN weight outputs NaN for every input)."""
+    :class:`PresetError` (a model with a NaN weight outputs NaN for every input); with ``kind``
+    (a class: the ``from_preset`` of ``MusicEncoder``, ``Musicnn``, ...), a preset of another
+    kind of model raises :class:`PresetKindError`."""
     path = resolve_preset(name_or_dir, weights_root)
     if load_weights and not (path / WEIGHTS_FILE).is_file():
         raise PresetNotFoundError(f"{path} has a {CONFIG_FILE} but no {WEIGHTS_FILE}.")
@@ -205,6 +267,8 @@ def load_preset(name_or_dir, weights_root=None, load_weights=True):
             raise PresetError(f"{path / WEIGHTS_FILE} cannot be loaded into the preset's model "
                               f"({str(error).splitlines()[0] if str(error) else type(error).__name__})") from None
         require_finite_weights(model, path / WEIGHTS_FILE)
+    if kind is not None and not isinstance(model, kind):
+        raise PresetKindError(f"Preset {name_or_dir!r} holds a {type(model).__name__}, not a {kind.__name__}.")
     return model
 
 

@@ -26,7 +26,7 @@ import keras
 import numpy as np
 from keras import ops
 
-from keras_music_ssl.frontend import DFT_MODES, dft_kernel, mel_filterbank, periodic_hann
+from keras_music_ssl.frontend import DFT_MODES, dft_kernel, mel_filterbank, num_stft_frames, periodic_hann
 
 FLOAT16_MAX = 65504.0
 
@@ -69,11 +69,7 @@ class MusicnnLogMel(keras.layers.Layer):
                                              self.sample_rate / 2, "slaney", "slaney")
 
     def num_frames(self, num_samples):
-        if num_samples is None:
-            return None
-        if self.center:
-            return 1 + num_samples // self.hop_length
-        return 1 + (num_samples - self.n_fft) // self.hop_length
+        return num_stft_frames(num_samples, self.n_fft, self.hop_length, self.center)
 
     def call(self, waveform):
         x = ops.cast(waveform, "float32")

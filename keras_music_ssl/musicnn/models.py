@@ -113,12 +113,9 @@ class PatchTagger(keras.Model):
     @classmethod
     def from_preset(cls, name_or_dir, weights_dir=None, load_weights=True):
         """Load a preset folder or a named preset (``"musicnn_mtt"``, ``"vgg_msd"``, ...)."""
-        from keras_music_ssl.presets import PresetKindError, load_preset
+        from keras_music_ssl.presets import load_preset
 
-        model = load_preset(name_or_dir, weights_dir, load_weights)
-        if not isinstance(model, cls):
-            raise PresetKindError(f"Preset {name_or_dir!r} holds a {type(model).__name__}, not a {cls.__name__}.")
-        return model
+        return load_preset(name_or_dir, weights_dir, load_weights, kind=cls)
 
     def save_to_preset(self, preset_dir, **metadata):
         """Write config + weights + metadata (source, licence, dataset, ...) and a card to ``preset_dir``."""

@@ -29,7 +29,7 @@ import zipfile
 from keras_music_ssl import storage
 from keras_music_ssl.download import sha256_of
 from keras_music_ssl.errors import KmsslError
-from keras_music_ssl.presets import CONFIG_FILE, MUSICNN_PRESETS, weights_dir
+from keras_music_ssl.presets import MUSICNN_PRESETS, checked_zip, make_named_presets, weights_dir
 
 WHEEL_ENV = "KMSSL_MUSICNN_WHEEL"
 REQUIREMENT = "musicnn==0.1.0"
@@ -71,12 +71,6 @@ class ReleaseError(KmsslError):
     """The musicnn wheel could not be found, downloaded or converted (one line: what to do)."""
 
 
-def converted(root=None):
-    """The musicnn presets already converted in ``root`` (the weights folder)."""
-    root = weights_dir(root)
-    return [name for name in MUSICNN_PRESETS if (root / name / CONFIG_FILE).is_file()]
-
-
 def fetch_presets(root=None, source=None, overwrite=False):
     """Make the four musicnn presets in ``root`` (the weights folder) and return ``{name: folder}``.
 
@@ -85,23 +79,12 @@ def fetch_presets(root=None, source=None, overwrite=False):
     presets exist. Raises :class:`ReleaseError` in one line.
     """
     root = weights_dir(root)
-    folders = {name: root / name for name in MUSICNN_PRESETS}
-    if not overwrite and len(converted(root)) == len(folders):
-        return folders
-    root.mkdir(parents=True, exist_ok=True)
-    with storage.locked(root / "musicnn-release", folder=False, wait=True):
-        if not overwrite and len(converted(root)) == len(folders):  # another process made them meanwhile
-            return folders
-        wheel, ours = _find_wheel(root, source)
-        try:
-            _convert_all(wheel, root, folders, f"pip download {REQUIREMENT}" if ours else str(wheel))
-        except ReleaseError:
-            if ours:
-                wheel.unlink(missing_ok=True)
-            raise
-        if ours:
-            wheel.unlink(missing_ok=True)  # the presets hold all it had; their metadata its checksum
-    return folders
+
+    def convert(wheel, downloaded, staging):
+        _convert_all(wheel, staging, f"pip download {REQUIREMENT}" if downloaded else str(wheel))
+
+    return make_named_presets("musicnn", MUSICNN_PRESETS, root, lambda: _find_wheel(root, source), convert,
+                              overwrite)
 
 
 def _find_wheel(root, source):
@@ -148,14 +131,9 @@ def _check(wheel):
         raise ReleaseError(f"{wheel} is not the musicnn 0.1.0 wheel of PyPI (its SHA-256 is {digest[:12]}..., "
                            f"expected {WHEEL_SHA256[:12]}...)")
     try:
-        with zipfile.ZipFile(wheel) as archive:
-            damaged = archive.testzip()
-            names = set(archive.namelist())
-    except (zipfile.BadZipFile, OSError, EOFError) as error:
-        raise ReleaseError(f"{wheel} is not a readable zip ({error})") from None
-    if damaged is not None:
-        raise ReleaseError(f"{wheel} is damaged (member {damaged} fails its CRC check)")
-    return names
+        return set(checked_zip(wheel))
+    except ValueError as error:
+        raise ReleaseError(str(error)) from None
 
 
 def tag_lists(source):
@@ -175,43 +153,34 @@ def reported_results(text):
     return tuple(values[:2]) if len(values) >= 2 else None
 
 
-def _convert_all(wheel, root, folders, origin):
+def _convert_all(wheel, staging, origin):
+    """Convert the wheel's four checkpoints into ``staging/<preset name>/``."""
     from keras_music_ssl.musicnn.convert import CheckpointError, load_checkpoint_weights, read_checkpoint
     from keras_music_ssl.musicnn.models import Musicnn, Vgg
 
     names = _check(wheel)
     classes = {"Musicnn": Musicnn, "Vgg": Vgg}
-    staging = storage.partial_path(root / "musicnn-release")
-    storage.clean_partials(root, only_dead=True)  # a killed conversion's staging folder
-    try:
-        staging.mkdir()
-        with zipfile.ZipFile(wheel) as archive:
-            tags = tag_lists(archive.read("musicnn/configuration.py").decode("utf-8"))
-            for name, (class_name, folder) in MUSICNN_PRESETS.items():
-                members = [f"musicnn/{folder}/{file}" for file in CHECKPOINT_FILES]
-                missing = [m for m in members if m not in names]
-                if missing:
-                    raise ReleaseError(f"{wheel} lacks {', '.join(missing)}: not musicnn's release")
-                for member in members + [f"musicnn/{folder}/{extra}" for extra in ("experiment.result", "config.json")]:
-                    if member in names:
-                        archive.extract(member, staging / "wheel")
-                dataset = folder.split("_")[0]  # MTT or MSD
-                model = classes[class_name](tags[dataset], name=name)
-                checkpoint = staging / "wheel" / "musicnn" / folder
-                try:
-                    load_checkpoint_weights(model, read_checkpoint(f"{checkpoint}/"), f"musicnn/{folder}/")
-                except CheckpointError as error:
-                    raise ReleaseError(f"{wheel}: {error}; nothing was kept") from None
-                result, config = checkpoint / "experiment.result", checkpoint / "config.json"
-                scores = reported_results(result.read_text()) if result.is_file() else None
-                training = storage.read_json(config, "musicnn's training config") if config.is_file() else {}
-                model.save_to_preset(staging / name, **_metadata(class_name, folder, dataset, scores, training, origin))
-        for name, folder in folders.items():  # all four converted: now into place
-            if folder.exists():
-                shutil.rmtree(folder)  # an older conversion (overwrite) or a folder without a config
-            os.replace(staging / name, folder)
-    finally:
-        shutil.rmtree(staging, ignore_errors=True)
+    with zipfile.ZipFile(wheel) as archive:
+        tags = tag_lists(archive.read("musicnn/configuration.py").decode("utf-8"))
+        for name, (class_name, folder) in MUSICNN_PRESETS.items():
+            members = [f"musicnn/{folder}/{file}" for file in CHECKPOINT_FILES]
+            missing = [m for m in members if m not in names]
+            if missing:
+                raise ReleaseError(f"{wheel} lacks {', '.join(missing)}: not musicnn's release")
+            for member in members + [f"musicnn/{folder}/{extra}" for extra in ("experiment.result", "config.json")]:
+                if member in names:
+                    archive.extract(member, staging / "wheel")
+            dataset = folder.split("_")[0]  # MTT or MSD
+            model = classes[class_name](tags[dataset], name=name)
+            checkpoint = staging / "wheel" / "musicnn" / folder
+            try:
+                load_checkpoint_weights(model, read_checkpoint(f"{checkpoint}/"), f"musicnn/{folder}/")
+            except CheckpointError as error:
+                raise ReleaseError(f"{wheel}: {error}; nothing was kept") from None
+            result, config = checkpoint / "experiment.result", checkpoint / "config.json"
+            scores = reported_results(result.read_text()) if result.is_file() else None
+            training = storage.read_json(config, "musicnn's training config") if config.is_file() else {}
+            model.save_to_preset(staging / name, **_metadata(class_name, folder, dataset, scores, training, origin))
 
 
 def _metadata(class_name, folder, dataset, scores, training, origin):
