@@ -50,6 +50,8 @@ def fetch_presets(root=None, source=None, overwrite=False, progress=True):
     ``source`` is given). Raises :class:`ReleaseError` in one line.
     """
     root = weights_dir(root)
+    if source and not pathlib.Path(source).is_file():  # before any folder is made
+        raise ReleaseError(f"{source}: no such file (give the authors' weights.zip)")
 
     def obtain():
         return (pathlib.Path(source), False) if source else (_download(root), True)

@@ -124,6 +124,7 @@ def make_named_presets(release, names, root, obtain, convert, overwrite=False):
 
     if made():
         return folders
+    storage.check_output(root, "folder", "the weights folder")
     root.mkdir(parents=True, exist_ok=True)
     with storage.locked(root / f"{release}-release", folder=False, wait=True):
         if made():  # another process made them meanwhile

@@ -2,6 +2,7 @@
 a cut), checked, converted; nothing half-made is kept; later calls never touch the network."""
 
 import http.server
+import os
 import threading
 import zipfile
 
@@ -241,3 +242,13 @@ def test_download_refuses_a_file_of_the_wrong_checksum_and_keeps_nothing(serve, 
     with pytest.raises(DownloadError, match="SHA-256"):
         download(server.url, tmp_path / "f.bin", sha256="0" * 64, progress=False)
     assert not (tmp_path / "f.bin").exists() and not partial_download(tmp_path / "f.bin").exists()
+
+
+@pytest.mark.backend_independent
+def test_a_weights_folder_that_is_a_file_or_a_missing_zip_is_one_line(tmp_path, capsys):
+    (tmp_path / "file").write_text("precious")
+    assert main(["convert-deezer", "--download", "--weights-dir", str(tmp_path / "file")]) == 2
+    assert main(["convert-deezer", str(tmp_path / "missing.zip"), "--weights-dir", str(tmp_path / "w")]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 2 and "is a file" in err[0] and "missing.zip: no such file" in err[1], err
+    assert (tmp_path / "file").read_text() == "precious" and sorted(os.listdir(tmp_path)) == ["file"]
