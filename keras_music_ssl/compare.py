@@ -18,21 +18,25 @@ method. ``out`` is locked for the run; its files are written atomically, as stri
 import math
 import os
 
+from keras_music_ssl.probe.models import REFERENCE
+
 FLOORS = ("random", "logmel-stats")
 
 
 def compare(out, methods=None, probe_dataset=None, protocol="paper", bootstrap=50, probe_options=None, data_dir=None,
-            verbose=1, **settings):
+            verbose=1, reference=REFERENCE, **settings):
     """Pretrain each of ``methods`` (default all five) with ``settings`` (the fields of
     ``PretrainConfig`` but ``method``), probe them on ``probe_dataset`` (default: the rendered
-    dataset the runs trained on; ``probe_options`` go to ``run_probe``, e.g. ``epochs``) and write
-    the comparison; returns it as a dict."""
+    dataset the runs trained on; ``probe_options`` go to ``run_probe``, e.g. ``epochs``) beside the
+    floors and the supervised ``reference`` (a tagger preset, default ``musicnn_mtt``; ``None``: none;
+    left out, saying why, when it cannot be had) and write the comparison; returns it as a dict."""
     from keras_music_ssl import storage
     from keras_music_ssl.backbone import MusicEncoder
     from keras_music_ssl.pretext import METHODS
     from keras_music_ssl.probe.datasets import ProbeData, load_probe_dataset
     from keras_music_ssl.probe.fractions import DRAWS
     from keras_music_ssl.probe.harness import check_options, check_scorable, run_probe
+    from keras_music_ssl.probe.models import supervised_reference
     from keras_music_ssl.probe.probe import protocol_settings
     from keras_music_ssl.train import PretrainConfig, PretrainError, pretrain
 
@@ -63,6 +67,7 @@ def compare(out, methods=None, probe_dataset=None, protocol="paper", bootstrap=5
     probe_data = probe_dataset if isinstance(probe_dataset, ProbeData) else load_probe_dataset(
         probe_dataset, probe_options.pop("audio_dir", None))
     check_scorable(probe_data)
+    references = supervised_reference(reference, probe_options.get("weights_dir"))  # converted on first use: now
 
     os.makedirs(out, exist_ok=True)
     with storage.locked(out):
@@ -74,6 +79,7 @@ def compare(out, methods=None, probe_dataset=None, protocol="paper", bootstrap=5
                                     method=method, **settings)
         print(f"probing {', '.join(methods)} and the floors on {probe_data.name}", flush=True)
         models = [(m, MusicEncoder.from_preset(runs[m]["preset"])) for m in methods] + ["random"]
+        models += references
         results = run_probe(probe_data, models, os.path.join(out, "probe"), protocol=protocol,
                             bootstrap=bootstrap, seed=base.seed, progress=bool(verbose), **probe_options)
         return _write_comparison(out, methods, base, protocol, bootstrap, runs, results)
@@ -92,13 +98,14 @@ def _write_comparison(out, methods, base, protocol, bootstrap, runs, results):
     for name, result in results["models"].items():
         test = result["test"]
         run = runs.get(name, {})
-        rows.append({"model": name, "pretrain_seconds": run.get("fit_seconds"), "steps": run.get("steps"),
+        kind = "method" if name in methods else "floor" if name in FLOORS else "reference"
+        rows.append({"model": name, "kind": kind, "pretrain_seconds": run.get("fit_seconds"), "steps": run.get("steps"),
                      "final_loss": _finite(run.get("final", {}).get("loss")),
                      "effective_rank": _finite(run.get("final", {}).get("val_effective_rank")),
                      "roc_auc": test["roc_auc_macro"]["point"], "roc_auc_ci95": test["roc_auc_macro"]["ci95"],
                      "pr_auc": test["pr_auc_macro"]["point"], "pr_auc_ci95": test["pr_auc_macro"]["ci95"]})
     comparison = {"settings": {k: v for k, v in base.to_dict().items() if k != "method"}, "methods": methods,
-                  "probe_dataset": results["dataset"], "protocol": protocol, "bootstrap": bootstrap,
+                  "references": [r["model"] for r in rows if r["kind"] == "reference"], "probe_dataset": results["dataset"], "protocol": protocol, "bootstrap": bootstrap,
                   "tracks": results["models"][methods[0]]["tracks"], "rows": rows}
     storage.write_json(os.path.join(out, "comparison.json"), comparison)
     storage.write_text(os.path.join(out, "comparison.md"), comparison_table(comparison) + "\n")
@@ -113,8 +120,8 @@ def comparison_table(comparison):
     for row in comparison["rows"]:
         if row["pretrain_seconds"] is not None:
             budget = f"{row['steps']} steps, {row['pretrain_seconds'] / 60:.1f} min"
-        else:
-            budget = "none (floor)"
+        else:  # a floor, or a supervised reference (trained on labels elsewhere)
+            budget = "supervised (reference)" if row.get("kind") == "reference" else "none (floor)"
         loss = "" if row["final_loss"] is None else f"{row['final_loss']:.3f}"
         rank = "" if row["effective_rank"] is None else f"{row['effective_rank']:.1f}"
         roc, pr = row["roc_auc_ci95"], row["pr_auc_ci95"]
@@ -132,14 +139,14 @@ def _figures(out, comparison, runs):
     from keras_music_ssl.probe.report import save_figure
     from keras_music_ssl.train import _read_history
 
-    rows = [r for r in comparison["rows"] if r["model"] not in FLOORS]
-    floors = [r for r in comparison["rows"] if r["model"] in FLOORS]
+    rows = [r for r in comparison["rows"] if r.get("kind", "method") == "method" and r["model"] not in FLOORS]
+    floors = [r for r in comparison["rows"] if r not in rows]  # the floors and the reference: lines
     fig, ax = plt.subplots(figsize=(1.2 * len(rows) + 3, 3.5))
     points = [r["roc_auc"] for r in rows]
     errors = [[p - r["roc_auc_ci95"][0] for p, r in zip(points, rows)],
               [r["roc_auc_ci95"][1] - p for p, r in zip(points, rows)]]
     ax.bar(range(len(rows)), points, yerr=errors, capsize=4, color="tab:blue")
-    for floor, style in zip(floors, ("--", ":")):
+    for floor, style in zip(floors, ("--", ":", "-.", (0, (1, 3)))):
         ax.axhline(floor["roc_auc"], color="black", linestyle=style, label=f"{floor['model']} {floor['roc_auc']:.3f}")
     ax.set_xticks(range(len(rows)), [r["model"] for r in rows], rotation=20)
     low = min(points + [f["roc_auc"] for f in floors]) - 0.08

@@ -1,9 +1,11 @@
-"""The quickstart: the whole story on the embedded default, no download. The library side of
+"""The quickstart: the whole story on the embedded default. The library side of
 ``kmssl quickstart``.
 
 1. build the rendered dataset (``small``: real scores played with a General MIDI SoundFont);
 2. pretrain an encoder (contrastive, the budget below) on its train split;
-3. probe it on the test split's instrument tags beside ``random`` and ``logmel-stats``;
+3. probe it on the test split's instrument tags beside the floors ``random`` and ``logmel-stats``
+   and a supervised reference, musicnn's MagnaTagATune tagger (``musicnn_mtt``: the one download,
+   musicnn's wheel from PyPI, on first use; left out with a note when it cannot be had);
 4. export a TFLite tagger (the encoder + the probe's head, raw audio in);
 5. tag one test clip with that file through ``kmssl tag``;
 6. print the results and where everything is.
@@ -16,19 +18,24 @@ in the README). The verdict line says what this run found.
 import os
 import time
 
+from keras_music_ssl.compare import FLOORS
+from keras_music_ssl.probe.models import REFERENCE
+
 # The quickstart's pretraining budget (see benchmarks/quickstart_budget.py).
 BUDGET = dict(method="contrastive", encoder="medium", epochs=6, steps_per_epoch=50, batch_size=64,
               learning_rate=2e-3)
 DATASET_SIZE = "medium"
 
 
-def quickstart(out="outputs/quickstart", seed=0, data_dir=None, verbose=1):
-    """Run the quickstart into ``out``; returns its summary (also ``out/quickstart.json``)."""
+def quickstart(out="outputs/quickstart", seed=0, data_dir=None, verbose=1, reference=REFERENCE):
+    """Run the quickstart into ``out``; returns its summary (also ``out/quickstart.json``).
+    ``reference``: the supervised tagger preset probed beside the floors (``None``: none)."""
     from keras_music_ssl import cli, storage
     from keras_music_ssl.backbone import MusicEncoder
     from keras_music_ssl.data.embedded import embedded_dataset
     from keras_music_ssl.errors import KmsslError
     from keras_music_ssl.probe import run_probe
+    from keras_music_ssl.probe.models import supervised_reference
     from keras_music_ssl.train import pretrain
 
     started = time.perf_counter()
@@ -45,10 +52,10 @@ def quickstart(out="outputs/quickstart", seed=0, data_dir=None, verbose=1):
     _step(2, f"pretraining {method}, {BUDGET['encoder']} encoder, {steps} steps x batch {BUDGET['batch_size']}")
     run = pretrain(out, data_dir=data_dir, verbose=verbose, seed=seed, dataset_size=DATASET_SIZE, **BUDGET)
 
-    _step(3, "probing on the test split's tags, beside the floors")
+    _step(3, "probing on the test split's tags, beside the floors" + (f" and {reference}" if reference else ""))
     encoder = MusicEncoder.from_preset(run["preset"])
-    results = run_probe(dataset.root, [(method, encoder), "random"], os.path.join(out, "probe"), seed=seed,
-                        progress=bool(verbose))
+    models = [(method, encoder), "random"] + supervised_reference(reference)
+    results = run_probe(dataset.root, models, os.path.join(out, "probe"), seed=seed, progress=bool(verbose))
 
     _step(4, "exporting a TFLite tagger (raw 16 kHz audio in, tags out)")
     tagger = os.path.join(out, "tagger.tflite")
@@ -70,6 +77,7 @@ def quickstart(out="outputs/quickstart", seed=0, data_dir=None, verbose=1):
     rows = {name: r["test"] for name, r in results["models"].items()}
     summary = {"budget": BUDGET, "dataset": dataset.root, "clips": counts,
                "pretrain_seconds": run["fit_seconds"], "wall_seconds": round(time.perf_counter() - started, 1),
+               "floors": list(FLOORS), "references": [name for name in rows if name not in (method, *FLOORS)],
                "test": {name: {"roc_auc": t["roc_auc_macro"]["point"], "roc_auc_ci95": t["roc_auc_macro"]["ci95"],
                                "pr_auc": t["pr_auc_macro"]["point"]} for name, t in rows.items()},
                "preset": run["preset"], "tagger": tagger, "probe_report": os.path.join(out, "probe", "results.md")}
@@ -90,13 +98,17 @@ def _print_summary(summary, method):
     for name, t in test.items():
         low, high = t["roc_auc_ci95"]
         print(f"| {name} | {t['roc_auc']:.3f} | [{low:.3f}, {high:.3f}] | {t['pr_auc']:.3f} |")
-    ours, floors = test[method]["roc_auc"], {k: test[k]["roc_auc"] for k in ("random", "logmel-stats")}
+    ours, floors = test[method]["roc_auc"], {k: test[k]["roc_auc"] for k in FLOORS}
     beaten = [k for k, v in floors.items() if ours > v]
     missed = [k for k in floors if k not in beaten]
     verdict = (f"pretrained {method} beats {' and '.join(beaten)}" if beaten else f"pretrained {method} beats no floor")
     if missed:
         verdict += f"; it does not beat {' and '.join(missed)}"
     print(f"\n{verdict} (intervals overlapping means the difference is within the test split's noise).")
+    for name in summary.get("references", []):
+        other = test[name]["roc_auc"]
+        print(f"{name}, a tagger trained with real labels on other music (a reference, not a floor), "
+              f"{'beats' if other > ours else 'does not beat'} it: {other:.3f} vs {ours:.3f}.")
     print(f"\nwall time {summary['wall_seconds'] / 60:.1f} min (pretraining {summary['pretrain_seconds'] / 60:.1f} min)")
     print(f"encoder preset  {summary['preset']}")
     print(f"TFLite tagger   {summary['tagger']}")

@@ -13,6 +13,9 @@ sys.path.insert(0, os.path.dirname(__file__))  # tests/torch_reference.py and he
 # No test reaches the internet or the user's preset cache: a deezer_* name that is not converted
 # tries this address (nothing listens on port 9) unless a test serves its own weights.zip.
 os.environ["KMSSL_DEEZER_WEIGHTS_URL"] = "http://127.0.0.1:9/tests-never-download/weights.zip"
+# Nor does a musicnn_* name (the supervised reference of compare / quickstart): it is left out, unless a
+# test gives the wheel (test_musicnn.py's fixture downloads it into its own cache, once).
+os.environ.setdefault("KMSSL_MUSICNN_WHEEL", os.path.join(tempfile.gettempdir(), "kmssl-tests-no-musicnn-wheel.whl"))
 os.environ.setdefault("KMSSL_WEIGHTS_DIR", os.path.join(tempfile.gettempdir(), "kmssl-tests-presets"))
 
 BACKEND = os.environ["KERAS_BACKEND"]

@@ -7,7 +7,7 @@ float32 16 kHz mono waveforms. Run in its own process: the original builds a TF1
 ``tf.compat.v1.layers``, which TensorFlow 2.21 only offers through ``tf_keras``
 (``TF_USE_LEGACY_KERAS=1``).
 
-For each model (``MTT_musicnn``, ``MTT_vgg``), padding (below) and clip, ``OUT.npz`` holds
+For each model (``MTT_musicnn``, ``MTT_vgg``, ``MSD_musicnn``, ``MSD_vgg``), padding (below) and clip, ``OUT.npz`` holds
 ``{model}/{padding}/{clip}/taggram`` (patches, 50) and ``.../penultimate``: musicnn's ``penultimate`` feature (the
 batch-normalised 200-unit dense layer), and for VGG its ``pool5`` flattened (the input of its
 output layer). The graph is the wheel's ``models.define_model`` restored from the wheel's
@@ -37,7 +37,7 @@ import warnings
 
 import numpy as np
 
-MODELS = ("MTT_musicnn", "MTT_vgg")
+MODELS = ("MTT_musicnn", "MTT_vgg", "MSD_musicnn", "MSD_vgg")
 
 
 def patches(audio, pad_mode=None):

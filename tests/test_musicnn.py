@@ -32,7 +32,8 @@ TOLERANCE = 1e-3  # absolute, on probabilities and penultimate features (the iss
 CACHE = pathlib.Path(tempfile.gettempdir()) / "kmssl-tests-musicnn"
 TESTS = pathlib.Path(__file__).parent
 ROOT = TESTS.parent
-PARITY_PRESETS = {"musicnn_mtt": "MTT_musicnn", "vgg_mtt": "MTT_vgg"}
+PARITY_PRESETS = {"musicnn_mtt": "MTT_musicnn", "vgg_mtt": "MTT_vgg", "musicnn_msd": "MSD_musicnn", "vgg_msd": "MSD_vgg"}
+MTT_PRESETS = ["musicnn_mtt", "vgg_mtt"]  # the padding and float16 studies: the MSD models are built alike
 
 
 def music(seconds, seed, peak=0.5):
@@ -199,7 +200,7 @@ def test_preset_gives_the_original_taggram_and_penultimate_on_five_clips(name, p
     assert max(errors.values()) < TOLERANCE, errors
 
 
-@pytest.mark.parametrize("name", list(PARITY_PRESETS))
+@pytest.mark.parametrize("name", MTT_PRESETS)
 def test_zero_padding_gives_the_original_under_todays_librosa(name, presets, reference):
     """Since librosa 0.10 the original call pads with zeros; ``pad_mode="constant"`` is that."""
     librosa_mode = str(reference["librosa_pad_mode"])
@@ -214,7 +215,7 @@ def test_zero_padding_gives_the_original_under_todays_librosa(name, presets, ref
 def test_float16_rounding_of_the_mel_brings_the_outputs_ten_times_closer(presets, reference):
     """The models were trained on float16 spectrograms; without the rounding they stay within the
     tolerance, but several times further from the original than with it."""
-    for name in PARITY_PRESETS:
+    for name in MTT_PRESETS:
         kept = _measure(presets, reference, name, "reflect")
         dropped = _measure(presets, reference, name, "reflect", frontend={"float16_mel": False})
         _show(f"{name} without the float16 rounding", dropped)
@@ -438,3 +439,62 @@ def test_kmssl_tag_refuses_an_encoder_preset_in_one_line(tmp_path):
     from keras_music_ssl.cli import main
 
     assert main(["tag", str(tmp_path / "x.wav"), "--preset", str(tmp_path / "encoder")]) == 2
+
+
+# --- musicnn as a supervised reference in the probe ----------------------------------------------
+
+@pytest.mark.backend_independent
+@pytest.mark.parametrize("samples, starts", [(64000, [0, 15872]), (48128, [0]), (96000, [0, 47872]),
+                                             (100000, [0, 47872, 51872])])
+def test_patches_cover_a_clip_to_its_last_sample(samples, starts):
+    from keras_music_ssl.musicnn.features import patch_starts
+
+    assert patch_starts(samples, 48128, 47872) == starts
+    assert starts[-1] + 48128 == samples  # the last patch ends with the clip
+    with pytest.raises(ValueError, match="shorter than one patch"):
+        patch_starts(48127, 48128, 47872)
+
+
+def test_patch_features_average_the_taggers_features_over_the_covering_patches(presets, tmp_path):
+    import keras
+
+    from keras_music_ssl.musicnn.features import PatchFeatures
+    from keras_music_ssl.presets import load_preset
+
+    tagger = load_preset(presets["musicnn_mtt"])
+    clips = np.stack([music(4.0, 10), music(4.0, 11, peak=1.0), np.zeros(64000, np.float32)])
+    for features, width in (("penultimate", 200), ("probabilities", 50)):
+        model = PatchFeatures(tagger, features=features)
+        assert (model.num_samples, model.output_dim, model.sample_rate) == (64000, width, SR)
+        got = model.predict_on_batch(clips)
+        # independently: the tagger on the two patches cut by hand, then their mean
+        parts = [keras.ops.convert_to_numpy(tagger(clips[:, s:s + 48128], training=False)[features]) for s in (0, 15872)]
+        np.testing.assert_allclose(got, (parts[0] + parts[1]) / 2, rtol=0, atol=1e-5)
+    model.save(tmp_path / "features.keras")
+    again = keras.saving.load_model(tmp_path / "features.keras")
+    assert again.get_config() == model.get_config()
+    np.testing.assert_array_equal(again.predict_on_batch(clips), got)
+
+
+def test_kmssl_probe_takes_a_musicnn_preset_as_a_supervised_reference(presets, tmp_path, capsys):
+    from probe_fixtures import split_sizes, write_generic
+
+    from keras_music_ssl.cli import main
+    from keras_music_ssl.probe.models import resolve_model, supervised_reference
+
+    spec, _ = write_generic(tmp_path / "data", seconds=5.0, sizes=split_sizes(6, 3, 4))
+    out = tmp_path / "report"
+    assert main(["probe", spec, "--model", str(presets["musicnn_mtt"]), "--out", str(out), "--bootstrap", "5",
+                 "--epochs", "3", "--cache-dir", str(tmp_path / "cache")]) == 0
+    results = json.loads((out / "results.json").read_text())
+    assert list(results["models"]) == ["musicnn_mtt", "logmel-stats"]
+    assert 0 <= results["models"]["musicnn_mtt"]["test"]["roc_auc_macro"]["point"] <= 1
+    # the features the probe saw are the 200 penultimate ones, keyed by their own fingerprint
+    probed = resolve_model(str(presets["musicnn_mtt"]))
+    assert probed.model.output_dim == 200 and results["models"]["musicnn_mtt"]["fingerprint"] == probed.fingerprint
+    other = resolve_model(str(presets["vgg_mtt"]))
+    assert other.model.output_dim == 256 and other.fingerprint != probed.fingerprint
+    # a reference that cannot be had is left out with its reason, not an error
+    capsys.readouterr()
+    assert supervised_reference(str(tmp_path / "nowhere")) == [] and supervised_reference(None) == []
+    assert "the supervised reference" in capsys.readouterr().err

@@ -11,6 +11,7 @@ Killed, the same command resumes: finished methods are not retrained, finished p
 import sys
 
 from keras_music_ssl.cli.pretrain import add_pretrain_options, settings_from
+from keras_music_ssl.cli.probe import add_reference_option, reference_from
 
 HELP = "Pretrain several pretext methods alike and compare them with one probe report."
 
@@ -26,6 +27,7 @@ def add_arguments(parser):
                         help="labeled dataset to probe on, as for kmssl probe (default: the rendered dataset)")
     parser.add_argument("--protocol", default="paper", choices=("paper", "marble"), help="probe protocol")
     parser.add_argument("--bootstrap", type=int, default=50, metavar="N", help="bootstrap resamples (default 50)")
+    add_reference_option(parser)
     parser.add_argument("--probe-epochs", type=int, default=None, help="at most this many probe epochs (default 100)")
     add_pretrain_options(parser, exclude=("method",))
 
@@ -39,7 +41,7 @@ def run(args):
         comparison = compare(args.out, methods=args.methods, probe_dataset=args.probe_dataset,
                              protocol=args.protocol, bootstrap=args.bootstrap, data_dir=args.data_dir,
                              probe_options=None if args.probe_epochs is None else {"epochs": args.probe_epochs},
-                             verbose=0 if args.quiet else 1, **settings_from(args))
+                             verbose=0 if args.quiet else 1, reference=reference_from(args), **settings_from(args))
     # ProbeDataError: named until it is a KmsslError; FileNotFoundError: a --data source not found
     except (KmsslError, ProbeDataError, FileNotFoundError) as error:
         print(f"kmssl compare: {str(error).splitlines()[0] if str(error) else type(error).__name__}",

@@ -5,13 +5,28 @@
 
 DATASET: a folder in the generic format (or its metadata.csv), ``mtat:ROOT``, or
 ``jamendo:ROOT[:SUBSET[:SPLIT]]``. M: a preset folder, a named preset, ``random`` or
-``logmel-stats`` (always added unless ``--no-baseline``). Exit status 0 on success, 2 with a
+``logmel-stats`` (always added unless ``--no-baseline``), or a tagger preset (``musicnn_mtt``, ...:
+its ``penultimate`` features, a supervised reference). Exit status 0 on success, 2 with a
 one-line reason on bad input.
 """
 
 import sys
 
 HELP = "Probe frozen encoders on a tagging dataset (MTAT, MTG-Jamendo, a labeled folder) and report."
+
+
+def add_reference_option(parser):
+    """``--reference``: the supervised tagger that ``kmssl compare`` and ``quickstart`` probe beside the floors."""
+    from keras_music_ssl.probe.models import REFERENCE
+
+    parser.add_argument("--reference", default=REFERENCE, metavar="PRESET",
+                        help=f"a tagger preset trained on real tags, probed beside the floors as a supervised "
+                             f"reference (default {REFERENCE}, converted from the musicnn wheel on first use; left "
+                             "out with a note when it cannot be had; none: no reference)")
+
+
+def reference_from(args):
+    return None if args.reference.lower() in ("none", "") else args.reference
 
 
 def add_arguments(parser):

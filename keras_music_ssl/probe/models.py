@@ -2,6 +2,9 @@
 
 - a preset folder or a named preset (``deezer_contrastive``, ...): its ``MusicEncoder``; the name
   in reports is the folder's base name (or the preset name);
+- a tagger preset (``musicnn_mtt``, ``vgg_msd``, ...: musicnn's supervised taggers): its
+  ``penultimate`` features on the same 4 s segments (``musicnn.features.PatchFeatures``), a
+  reference trained on real tags (:func:`supervised_reference` adds one to a report when it can);
 - ``random``: the paper's encoder (``MusicEncoder()``) with a seeded random init, the floor of
   the architecture;
 - ``logmel-stats``: :class:`~keras_music_ssl.probe.baselines.LogMelStats`, the handcrafted floor.
@@ -50,6 +53,36 @@ def resolve_model(spec, seed=0, weights_dir=None):
         return probed_model(MusicEncoder(), RANDOM)
     if spec == LOGMEL_STATS:
         return probed_model(LogMelStats(), LOGMEL_STATS)
-    encoder = MusicEncoder.from_preset(spec, weights_dir)
+    from keras_music_ssl.musicnn import PatchTagger
+    from keras_music_ssl.musicnn.features import PatchFeatures
+    from keras_music_ssl.presets import load_preset
+
+    model = load_preset(spec, weights_dir)
     name = os.path.basename(os.path.normpath(os.fspath(spec)))
-    return probed_model(encoder, name)
+    if isinstance(model, PatchTagger):
+        return probed_model(PatchFeatures(model), name)
+    if not isinstance(model, MusicEncoder):
+        from keras_music_ssl.presets import PresetKindError
+
+        raise PresetKindError(f"Preset {spec!r} holds a {type(model).__name__}, which the probe cannot embed with")
+    return probed_model(model, name)
+
+
+REFERENCE = "musicnn_mtt"  # the supervised reference that compare and the quickstart add by default
+
+
+def supervised_reference(name=REFERENCE, weights_dir=None):
+    """``[ProbedModel]`` of the tagger preset ``name`` for a report, or ``[]`` (saying why on stderr) when
+    it cannot be had: the first use downloads musicnn's wheel (``musicnn/release.py``), and a comparison
+    must not fail for want of its reference. ``name=None`` (``--reference none``): ``[]``."""
+    import sys
+
+    from keras_music_ssl.errors import KmsslError
+
+    if not name:
+        return []
+    try:
+        return [resolve_model(name, weights_dir=weights_dir)]
+    except KmsslError as error:
+        print(f"the supervised reference {name} is left out: {str(error).splitlines()[0]}", file=sys.stderr)
+        return []
