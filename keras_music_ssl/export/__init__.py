@@ -71,7 +71,7 @@ from keras_music_ssl.export.onnx import export_onnx, onnx_operators
 from keras_music_ssl.export.runtime import OnnxRunner, SavedModelRunner, TFLiteRunner, load_exported
 from keras_music_ssl.export.saved_model import export_saved_model
 from keras_music_ssl.export.signatures import require_tensorflow_backend, track_chunks
-from keras_music_ssl.export.tflite import export_tflite, tflite_operators
+from keras_music_ssl.export.tflite import export_tflite, require_quantizable, tflite_operators
 
 FORMATS = ("savedmodel", "tflite", "tflite-fp16", "tflite-int8", "tflite-int8-full", "onnx")
 # format -> quantisation of the TFLite conversion
@@ -110,7 +110,9 @@ def export(model, path, format="savedmodel", representative=None, overwrite=Fals
     from keras_music_ssl import storage
     from keras_music_ssl.presets import require_finite_weights
 
-    model_metadata(model)  # type check before any work
+    meta = model_metadata(model)  # type check before any work
+    if format in QUANTIZATIONS:
+        require_quantizable(meta, QUANTIZATIONS[format])
     require_finite_weights(model, f"the {type(model).__name__} to export")
     path = pathlib.Path(path)
     storage.check_output(path, "file" if format.startswith("tflite") else "folder", "the export path")
@@ -277,7 +279,9 @@ def export_keras_file(keras_path, path, format="savedmodel", representative=None
     """Load a ``.keras`` encoder/tagger (saved on any backend) and export it (TF backend)."""
     import keras
 
-    from keras_music_ssl import tagger  # noqa: F401  (registers TagHead / MusicTagger)
+    from keras_music_ssl import musicnn, tagger
+
+    del musicnn, tagger  # imported for their registrations: TagHead, MusicTagger, Musicnn, Vgg
 
     require_tensorflow_backend()
     model = keras.saving.load_model(str(keras_path))
