@@ -1,6 +1,6 @@
 """ONNX export: a folder of two standard-opset ONNX models, raw 16 kHz audio in.
 
-    clips.onnx              ``embed`` / ``tag``: ``waveform`` (batch, 64000), any batch
+    clips.onnx              ``embed`` / ``tag``: ``waveform`` (batch, 64000; musicnn's 48128), any batch
     track.onnx              ``embed_track`` / ``tag_track``: ``waveform`` (samples,), any length
     tags.txt, keras_music_ssl.json
 
