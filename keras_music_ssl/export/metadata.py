@@ -52,7 +52,7 @@ def model_metadata(model):
     elif isinstance(model, MusicEncoder):
         kind, encoder, tags = "embedder", model, []
     else:
-        raise TypeError(f"Export takes a MusicEncoder, a MusicTagger or a musicnn PatchTagger (Musicnn, Vgg), "
+        raise TypeError(f"Export takes a MusicEncoder or a MusicTagger (or musicnn's PatchTagger: Musicnn, Vgg), "
                         f"got {type(model).__name__}.")
     return {"kind": kind, "tags": list(tags), "sample_rate": int(encoder.sample_rate),
             "clip_samples": int(encoder.num_samples), "embedding_dim": int(encoder.output_dim),
