@@ -141,7 +141,8 @@ def is_own_json(path):
 
 
 def export_files(model, format, schema, metadata=None, probe_results=None):
-    """``(card text, model.json dict)`` of an exported ``model`` (``MusicEncoder`` / ``MusicTagger``).
+    """``(card text, model.json dict)`` of an exported ``model`` (``MusicEncoder`` / ``MusicTagger`` /
+    musicnn ``PatchTagger``).
 
     ``schema``: ``{signature: {"inputs": [...], "outputs": [...]}}`` read back from the written
     export (names, dtypes, shapes); ``metadata``: what the model's preset says about it
@@ -151,17 +152,20 @@ def export_files(model, format, schema, metadata=None, probe_results=None):
     import keras
 
     from keras_music_ssl import __version__
+    from keras_music_ssl.musicnn import PatchTagger
     from keras_music_ssl.tagger import MusicTagger
 
     encoder = model.encoder if isinstance(model, MusicTagger) else model
     kept = ("method", "dataset", "training", "training_procedure", "license", "license_name", "license_link",
-            "licence", "citation", "paper", "source", "checkpoint")
+            "licence", "citation", "paper", "source", "checkpoint", "card", "reported_results")
     meta = {key: value for key, value in (metadata or {}).items() if key in kept}
     if metadata is None:  # nothing says where the weights come from, so nothing says under which terms
         meta["license"] = "unknown"
     meta.update(parameter_count=int(model.count_params()), trainable_parameter_count=_trainable(model),
                 weights_fingerprint=storage.weights_fingerprint(encoder), sample_rate=int(encoder.sample_rate),
                 keras_music_ssl_version=__version__, keras_version=keras.__version__, date=_now())
+    if isinstance(model, PatchTagger):  # its config does not say its input length or feature width
+        meta.update(clip_samples=model.num_samples, embedding_dim=model.feature_dim)
     facts = _facts(keras.saving.serialize_keras_object(model), meta)
     probe = _probe(probe_results, facts["fingerprint"], []) if probe_results is not None else None
     export = {"format": format, "schema": schema, "default": _default_signature(facts, schema),
@@ -193,8 +197,9 @@ def _facts(config, metadata):
     method = metadata.get("method") if isinstance(metadata.get("method"), str) else None
     return {
         "kind": kind, "class_name": name, "tags": tags, "text": text, "encoder": inner, "frontend": frontend,
-        "sample_rate": sample_rate, "num_samples": int(inner.get("num_samples") or 4 * sample_rate),
-        "output_dim": inner.get("output_dim"), "method": method, "origin": origin, "metadata": metadata,
+        "sample_rate": sample_rate,
+        "num_samples": int(inner.get("num_samples") or metadata.get("clip_samples") or 4 * sample_rate),
+        "output_dim": inner.get("output_dim") or metadata.get("embedding_dim"), "method": method, "origin": origin, "metadata": metadata,
         "parameter_count": metadata.get("parameter_count"),
         "trainable_parameter_count": metadata.get("trainable_parameter_count"),
         "fingerprint": metadata.get("weights_fingerprint"),
@@ -420,7 +425,7 @@ def _model_section(facts):
 def _io_section(facts, export):
     if facts["text"].get("input"):
         return ["## Input and output", "", f"- **Input**: {facts['text']['input']}",
-                f"- **Output**: {facts['text'].get('output', 'see `config.json`.')}"]
+                f"- **Output**: {facts['text'].get('output', 'see `config.json`.')}"] + _signature_table(export)
     if facts["kind"] == "model":
         return ["## Input and output", "", "See `config.json`: this is not one of the library's music models."]
     sr, n, dim = facts["sample_rate"], facts["num_samples"], facts["output_dim"]
@@ -435,12 +440,17 @@ def _io_section(facts, export):
     else:
         lines.append(f"- **Output**: `embedding`, float32 `(batch, {dim})`. A track's embedding is the mean of "
                      "its clips' embeddings (`kmssl embed` does all of this).")
-    if export is not None:
-        lines += ["", f"Signatures of this export, as written ({_format_name(export['format'])}):", "",
-                  "| signature | inputs | outputs |", "|---|---|---|"]
-        for name, sig in export["schema"].items():
-            lines.append(f"| `{name}`{' (default)' if name == export['default'] else ''} | "
-                         f"{_tensors(sig['inputs'])} | {_tensors(sig['outputs'])} |")
+    return lines + _signature_table(export)
+
+
+def _signature_table(export):
+    if export is None:
+        return []
+    lines = ["", f"Signatures of this export, as written ({_format_name(export['format'])}):", "",
+             "| signature | inputs | outputs |", "|---|---|---|"]
+    for name, sig in export["schema"].items():
+        lines.append(f"| `{name}`{' (default)' if name == export['default'] else ''} | "
+                     f"{_tensors(sig['inputs'])} | {_tensors(sig['outputs'])} |")
     return lines
 
 
@@ -637,8 +647,12 @@ def _model_json(facts, probe, export):
                          "embedding_dim": facts["output_dim"], "input": "mono float32 waveform in [-1, 1]",
                          "track": "peak-normalise the whole track, zero-pad it to a multiple of the clip, "
                                   "average the clips' embeddings (then the head): the *_track signatures"}
+    if facts["text"]:  # a zoo tagger (musicnn): its own track rule, in its card text
+        data["inference"].update(input="mono float32 waveform, as decoded (not normalised)",
+                                 track=facts["text"].get("output", "see the card"))
     dataset = meta.get("dataset")
-    pretraining = {key: value for key, value in (("method", facts["method"]), ("dataset", dataset)) if value}
+    pretraining = {key: value for key, value in (("method", facts["method"]), ("dataset", dataset))
+                   if value and not facts["text"]}  # a zoo model was trained supervised, on its dataset
     if probe:
         results = probe["results"]
         data["dataset"] = {"name": _dataset_title(results.get("dataset", "")), "protocol": results.get("protocol")}
@@ -646,12 +660,16 @@ def _model_json(facts, probe, export):
             metric, {}).get("point") for metric in PROBE_METRICS}
             for label, model in (("model", probe["name"]), *((f, f) for f in FLOORS))
             if model in results["models"]}
-    elif isinstance(dataset, dict) and facts["kind"] != "tagger":  # a tagger's dataset is its probe's
+    elif isinstance(dataset, dict) and (facts["kind"] != "tagger" or facts["text"]):  # a probe's, else its own
         data["dataset"] = dataset
+        reported = meta.get("reported_results")
+        if facts["text"] and isinstance(reported, dict):  # what a zoo model's authors measured
+            data["metrics"] = {"model": {metric: reported.get(metric) for metric in PROBE_METRICS}}
     if pretraining:
         data["pretraining"] = pretraining
     data.update(parameter_count=facts["parameter_count"], license=facts["license"],
-                citation=meta.get("citation") or PAPER_CITATION, paper=PAPER_URL, made_by=MADE_BY)
+                citation=meta.get("citation") or PAPER_CITATION, paper=meta.get("paper") or PAPER_URL,
+                made_by=MADE_BY)
     return data
 
 

@@ -20,6 +20,8 @@ os.environ.setdefault("KMSSL_WEIGHTS_DIR", os.path.join(tempfile.gettempdir(), "
 
 BACKEND = os.environ["KERAS_BACKEND"]
 
+pytest_plugins = ["musicnn_fixtures"]  # wheel, unpacked, presets: test_musicnn.py and test_musicnn_export.py
+
 
 def pytest_collection_modifyitems(config, items):
     """tf_only and backend_independent tests run in the TensorFlow pass only (deselected elsewhere)."""

@@ -4,6 +4,11 @@
     kmssl export --preset my_preset/ --head probe.keras --format tflite-int8 --out tagger.tflite
     kmssl export --model tagger.keras --format tflite --out tagger.tflite
     kmssl export --preset my_preset/ --head probe.keras --format onnx --out tagger_onnx/
+    kmssl export --preset musicnn_mtt --format tflite --out musicnn_mtt.tflite   # a tagger already
+
+A musicnn preset (``musicnn_mtt``, ``musicnn_msd``, ``vgg_mtt``, ``vgg_msd``) or ``.keras`` file is a
+tagger with its own track rule (``keras_music_ssl.export``): no ``--head``, and float formats only
+(savedmodel, tflite, onnx).
 
 Export runs on TensorFlow whatever KERAS_BACKEND is: under JAX or PyTorch the model is
 exported in a TensorFlow subprocess (``keras_music_ssl.export.export``).
@@ -19,8 +24,10 @@ HELP = "Export an encoder (embedder) or a tagger to a SavedModel, a TFLite or an
 
 def add_arguments(parser):
     source = parser.add_mutually_exclusive_group(required=True)
-    source.add_argument("--preset", help="encoder preset: a folder or a name (deezer_contrastive, ...)")
-    source.add_argument("--model", help="a .keras file of a MusicEncoder or MusicTagger (any backend)")
+    source.add_argument("--preset", help="encoder preset (deezer_contrastive, ...) or musicnn tagger preset "
+                                         "(musicnn_mtt, ...): a folder or a name")
+    source.add_argument("--model", help="a .keras file of a MusicEncoder, a MusicTagger or a musicnn Musicnn / Vgg "
+                                        "(any backend)")
     parser.add_argument("--head", help="probe head (.keras written by save_tag_head): export a tagger")
     parser.add_argument("--weights-dir", help="where named presets live (default: $KMSSL_WEIGHTS_DIR)")
     parser.add_argument("--format", choices=FORMATS, default="savedmodel",
@@ -44,17 +51,22 @@ def _load_model(args):
     import keras
 
     from keras_music_ssl.backbone import MusicEncoder
+    from keras_music_ssl.musicnn import PatchTagger
+    from keras_music_ssl.presets import load_preset
     from keras_music_ssl.tagger import MusicTagger, load_tag_head
 
     if args.preset:
-        model = MusicEncoder.from_preset(args.preset, weights_dir=args.weights_dir)
+        model = load_preset(args.preset, args.weights_dir)
+        source = args.preset
     else:
         model = keras.saving.load_model(args.model)
-        if not isinstance(model, (MusicEncoder, MusicTagger)):
-            raise ValueError(f"{args.model} holds a {type(model).__name__}, not a MusicEncoder or MusicTagger.")
+        source = args.model
+    if not isinstance(model, (MusicEncoder, MusicTagger, PatchTagger)):
+        raise ValueError(f"{source} holds a {type(model).__name__}, not a MusicEncoder, a MusicTagger or a "
+                         "musicnn tagger (Musicnn, Vgg).")
     if args.head:
-        if isinstance(model, MusicTagger):
-            raise ValueError(f"{args.model} is already a tagger; --head goes with an encoder.")
+        if not isinstance(model, MusicEncoder):
+            raise ValueError(f"{source} is already a tagger ({type(model).__name__}); --head goes with an encoder.")
         head = load_tag_head(args.head)
         if head.input_dim != model.output_dim:
             raise ValueError(f"The head expects {head.input_dim}-d embeddings; the encoder gives "
@@ -82,7 +94,7 @@ def _calibration_clips(paths, clip_samples, sample_rate):
 
 def run(args):
     from keras_music_ssl import storage
-    from keras_music_ssl.export import ExportError, export, is_export, model_metadata
+    from keras_music_ssl.export import QUANTIZATIONS, ExportError, export, is_export, model_metadata, require_quantizable
     from keras_music_ssl.presets import PresetNotFoundError, preset_metadata
 
     storage.check_output(args.out, "file" if args.format.startswith("tflite") else "folder")
@@ -98,6 +110,8 @@ def run(args):
             return _fail(f"{flag} {path}: no such file")
     try:
         model = _load_model(args)
+        if args.format in QUANTIZATIONS:  # before reading any calibration audio
+            require_quantizable(model_metadata(model), QUANTIZATIONS[args.format])
         representative = None
         if args.calibration:
             representative = _calibration_clips(args.calibration, model.num_samples, model.sample_rate)

@@ -5,8 +5,10 @@
     kmssl tag song.mp3 --preset musicnn_mtt        # musicnn's taggers, converted on first use
 
 With ``--model``, each file is decoded with ``keras_music_ssl.data.load_audio`` (mono, 16 kHz,
-peak-normalised) and tagged whole with the model's ``tag_track`` signature: the mean embedding
-of its 4 s chunks goes through the tag head. With ``--preset`` (a preset that holds a tagger with
+peak-normalised unless the export's metadata says ``"normalize": false``, as musicnn's do) and
+tagged whole with the model's ``tag_track`` signature: the mean embedding of its 4 s chunks goes
+through the tag head (or, for an exported musicnn tagger, the mean of its 3 s patches'
+probabilities: the same tags as ``--preset``). With ``--preset`` (a preset that holds a tagger with
 its own track rule: ``musicnn_mtt``, ``musicnn_msd``, ``vgg_mtt``, ``vgg_msd`` or a folder of one),
 each file is decoded as that model's authors decode it (musicnn: mono, 16 kHz, not normalised)
 and tagged by the model's ``track``: the mean of its 3 s patches' probabilities (musicnn's
@@ -82,7 +84,8 @@ def run(args):
             model = load_exported(args.model, num_threads=args.threads)
         except (FileNotFoundError, ExportError) as error:
             return _fail(error)
-        meta, normalize = model.metadata, True
+        # musicnn's exports tag the samples as decoded; older exports carry no "normalize": True
+        meta, normalize = model.metadata, model.metadata.get("normalize", True)
         if meta.get("kind") != "tagger" or not meta.get("tags"):
             return _fail(f"{args.model} has no tags: it is an embedder. Export a tagger with "
                          "`kmssl export --preset ... --head PROBE`.")

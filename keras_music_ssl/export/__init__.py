@@ -1,4 +1,5 @@
-"""Export an embedder (``MusicEncoder``) or a tagger (``MusicTagger``) for serving.
+"""Export an embedder (``MusicEncoder``) or a tagger (``MusicTagger``, or musicnn's ``PatchTagger``:
+``Musicnn``, ``Vgg``) for serving.
 
 Formats (``FORMATS``): a TensorFlow SavedModel (TF Serving, ``tf.saved_model.load``),
 TFLite/LiteRT files: ``tflite`` (float32), ``tflite-fp16`` (float16 weights),
@@ -21,10 +22,21 @@ Signatures (the same names in both formats; ``T`` tags, ``D`` embedding width):
 - ``tag``: ``waveform`` (batch, 64000) -> ``probabilities`` (batch, T), ``embedding``
 - ``tag_track``: ``waveform`` (samples,) -> ``probabilities`` (T,), ``embedding``, ``num_chunks``
 - ``head``: ``embedding`` (batch, D) -> ``probabilities`` (batch, T)
-- ``metadata`` (SavedModel only): no input -> ``kind``, ``tags``, ``sample_rate``, ``clip_samples``
+- ``metadata`` (SavedModel only): no input -> ``kind``, ``tags``, ``sample_rate``, ``clip_samples``,
+  ``track_rule``, ``normalize`` (and ``hop_samples``, ``pad_mode`` for ``"patches"``)
 
-An embedder has ``embed`` + ``embed_track``; a tagger has ``tag``, ``tag_track``, ``head``.
-``serving_default`` is ``embed`` or ``tag``.
+Signatures per kind of model (``serving_default`` is ``embed`` or ``tag``):
+
+- embedder (``MusicEncoder``): ``embed``, ``embed_track``;
+- tagger (``MusicTagger``): ``tag``, ``tag_track``, ``head``;
+- musicnn tagger (``PatchTagger``): ``tag`` (clips of 48,128 samples; ``embedding`` is its
+  ``penultimate`` features) and ``tag_track``, no ``head``: its track's tags are the mean of its
+  patches' probabilities, not a head applied to one mean feature vector.
+
+Every export's metadata (``metadata.model_metadata``) says how a track is cut: ``track_rule``
+``"chunks"`` (below) or ``"patches"`` (musicnn's), and ``normalize`` (whether the track is
+peak-normalised first: ``kmssl tag --model`` decodes audio accordingly). Exports written before
+these fields read as ``"chunks"`` and ``True``.
 
 The track signatures follow ``keras_music_ssl/track.py``, the one definition that
 ``embed_files`` also follows (the authors' ``usage/sample.py``, spec §2): peak-normalise the
@@ -33,6 +45,17 @@ end to a multiple of 4 s, embed each consecutive 4 s chunk, average the embeddin
 apply the tag head to the mean embedding. An empty track is an error: the graph reports it
 as ``num_chunks = 0`` (with the finite outputs of one silent chunk) and the runners raise.
 The clip signatures take clips as they are (no normalisation).
+
+A musicnn tagger's ``tag_track`` follows ``keras_music_ssl/musicnn/track.py`` instead (the same
+numbers as ``model.track``): no normalisation; a track shorter than one patch is repeated until it
+fills one; the track is padded by 256 samples at both ends (``pad_mode``, reflect as musicnn's
+librosa did) and cut into 48,128-sample patches every 47,872 samples; ``probabilities`` is the
+mean of the patches' probabilities, ``embedding`` the mean ``penultimate``, ``num_chunks`` the
+number of patches (0 for an empty track, as above). All patches go through the network in one
+batch: memory grows with the track (``kmssl tag`` reads at most 600 s by default). Only the float
+formats are made for it (``savedmodel``, ``tflite``, ``onnx``): the quantised TFLite formats are
+refused, unmeasured. The mel's float16 rounding (``musicnn/frontend.py``) is a CAST to float16
+and back in every format (tf2onnx is kept from merging it away: ``onnx.keeping_float16_casts``).
 
 Tag names travel inside the model: the SavedModel's ``metadata`` signature returns them
 as a string tensor (and ``assets.extra/`` holds ``tags.txt`` + ``keras_music_ssl.json``);
@@ -48,7 +71,8 @@ and as ``<stem>.md`` / ``<stem>.json`` beside a ``.tflite`` file.
 On device, a long track is tagged either with ``tag_track`` (dynamic length) or, where
 only a fixed 4 s input is wanted, by peak-normalising the whole track, running ``tag``
 on each zero-padded 4 s chunk (batch 1, so memory stays constant), averaging the
-``embedding`` outputs and running ``head`` on the mean: the same numbers.
+``embedding`` outputs and running ``head`` on the mean: the same numbers. For a musicnn tagger,
+cut the patches as ``musicnn/track.py`` does, run ``tag`` on each and average ``probabilities``.
 
 Export runs on the TensorFlow backend. ``export()`` called under JAX or PyTorch saves the
 model to a temporary ``.keras`` file and exports it in a TensorFlow subprocess
@@ -71,7 +95,7 @@ from keras_music_ssl.export.onnx import export_onnx, onnx_operators
 from keras_music_ssl.export.runtime import OnnxRunner, SavedModelRunner, TFLiteRunner, load_exported
 from keras_music_ssl.export.saved_model import export_saved_model
 from keras_music_ssl.export.signatures import require_tensorflow_backend, track_chunks
-from keras_music_ssl.export.tflite import export_tflite, tflite_operators
+from keras_music_ssl.export.tflite import export_tflite, require_quantizable, tflite_operators
 
 FORMATS = ("savedmodel", "tflite", "tflite-fp16", "tflite-int8", "tflite-int8-full", "onnx")
 # format -> quantisation of the TFLite conversion
@@ -86,7 +110,8 @@ __all__ = ["FORMATS", "QUANTIZATIONS", "METADATA_FILE", "TAGS_FILE", "ExportErro
 
 def export(model, path, format="savedmodel", representative=None, overwrite=False, *, metadata=None,
            probe_results=None, card=True):
-    """Export ``model`` (``MusicEncoder`` or ``MusicTagger``) to ``path`` in one of ``FORMATS``.
+    """Export ``model`` (``MusicEncoder``, ``MusicTagger`` or musicnn ``PatchTagger``) to ``path`` in one of
+    ``FORMATS`` (a ``PatchTagger``: the float ones; a quantised format is an ExportError before any work).
 
     Under the TensorFlow backend it exports in-process; under JAX or PyTorch it saves the
     model to a temporary ``.keras`` file and exports that in a TensorFlow subprocess.
@@ -110,7 +135,9 @@ def export(model, path, format="savedmodel", representative=None, overwrite=Fals
     from keras_music_ssl import storage
     from keras_music_ssl.presets import require_finite_weights
 
-    model_metadata(model)  # type check before any work
+    meta = model_metadata(model)  # type check before any work
+    if format in QUANTIZATIONS:
+        require_quantizable(meta, QUANTIZATIONS[format])
     require_finite_weights(model, f"the {type(model).__name__} to export")
     path = pathlib.Path(path)
     storage.check_output(path, "file" if format.startswith("tflite") else "folder", "the export path")
@@ -274,10 +301,12 @@ def is_export(path):
 
 
 def export_keras_file(keras_path, path, format="savedmodel", representative=None, card=True):
-    """Load a ``.keras`` encoder/tagger (saved on any backend) and export it (TF backend)."""
+    """Load a ``.keras`` encoder/tagger/musicnn tagger (saved on any backend) and export it (TF backend)."""
     import keras
 
-    from keras_music_ssl import tagger  # noqa: F401  (registers TagHead / MusicTagger)
+    from keras_music_ssl import musicnn, tagger
+
+    del musicnn, tagger  # imported for their registrations: TagHead, MusicTagger, Musicnn, Vgg
 
     require_tensorflow_backend()
     model = keras.saving.load_model(str(keras_path))

@@ -20,21 +20,43 @@ class ExportError(KmsslError, RuntimeError):
     """A model that cannot be exported, or an exported file that cannot be used."""
 
 
+# How a track becomes the model's inputs (``track_rule``), when the metadata does not say:
+# exports written before the field are all of the library's own encoders and taggers.
+TRACK_RULES = ("chunks", "patches")
+DEFAULT_TRACK = {"track_rule": "chunks", "normalize": True}
+
+
 def model_metadata(model):
-    """What travels with an export: kind, tags, sample rate, clip length, embedding width."""
+    """What travels with an export: kind, tags, sample rate, clip length, embedding width, and how a
+    track is tagged or embedded.
+
+    ``track_rule``: ``"chunks"`` (``keras_music_ssl/track.py``: consecutive zero-padded clips, mean
+    embedding, then the head) or ``"patches"`` (a ``musicnn.PatchTagger``: musicnn's overlapping
+    patches every ``hop_samples`` of the track padded with ``pad_mode``, mean of the patches'
+    probabilities: ``musicnn/track.py``). ``normalize``: whether a track is peak-normalised before
+    it is cut (musicnn uses the samples as decoded).
+    """
     from keras_music_ssl import __version__
     from keras_music_ssl.backbone import MusicEncoder
+    from keras_music_ssl.musicnn import PatchTagger
     from keras_music_ssl.tagger import MusicTagger
 
+    if isinstance(model, PatchTagger):
+        frontend = model.get_layer("frontend")
+        return {"kind": "tagger", "tags": list(model.tags), "sample_rate": int(model.sample_rate),
+                "clip_samples": int(model.num_samples), "embedding_dim": int(model.feature_dim),
+                "track_rule": "patches", "normalize": False, "hop_samples": model.num_frames * frontend.hop_length,
+                "pad_mode": model.pad_mode, "keras_music_ssl_version": __version__}
     if isinstance(model, MusicTagger):
         kind, encoder, tags = "tagger", model.encoder, model.tags
     elif isinstance(model, MusicEncoder):
         kind, encoder, tags = "embedder", model, []
     else:
-        raise TypeError(f"Export takes a MusicEncoder or a MusicTagger, got {type(model).__name__}.")
+        raise TypeError(f"Export takes a MusicEncoder or a MusicTagger (or musicnn's PatchTagger: Musicnn, Vgg), "
+                        f"got {type(model).__name__}.")
     return {"kind": kind, "tags": list(tags), "sample_rate": int(encoder.sample_rate),
             "clip_samples": int(encoder.num_samples), "embedding_dim": int(encoder.output_dim),
-            "keras_music_ssl_version": __version__}
+            **DEFAULT_TRACK, "keras_music_ssl_version": __version__}
 
 
 def metadata_files(meta):
@@ -87,17 +109,57 @@ def checked_metadata(data, source):
     if not isinstance(tags, list) or not all(isinstance(t, str) for t in tags):
         problems.append("tags not a list of names")
     for key in ("sample_rate", "clip_samples"):
-        if not isinstance(meta.get(key), int) or isinstance(meta.get(key), bool) or meta[key] <= 0:
+        if not _positive_int(meta.get(key)):
             problems.append(f"{key} {meta.get(key)!r}")
+    problems += _track_problems(meta)
     if problems:
         raise ExportError(f"{source}: the model's metadata is damaged ({', '.join(problems)}).")
-    return meta
+    return with_track_defaults(meta)
+
+
+def _positive_int(value):
+    return isinstance(value, int) and not isinstance(value, bool) and value > 0
+
+
+def _track_problems(meta):
+    """What is wrong with the track fields present (absent ones take ``DEFAULT_TRACK``)."""
+    problems = []
+    rule = meta.get("track_rule", DEFAULT_TRACK["track_rule"])
+    if rule not in TRACK_RULES:
+        problems.append(f"track_rule {rule!r}")
+    if not isinstance(meta.get("normalize", True), bool):
+        problems.append(f"normalize {meta.get('normalize')!r}")
+    if rule == "patches":
+        if meta.get("kind") != "tagger":
+            problems.append("track_rule 'patches' of a model that is not a tagger")
+        if not _positive_int(meta.get("hop_samples")):
+            problems.append(f"hop_samples {meta.get('hop_samples')!r}")
+        if meta.get("pad_mode") not in ("reflect", "constant"):
+            problems.append(f"pad_mode {meta.get('pad_mode')!r}")
+    return problems
+
+
+def with_track_defaults(meta):
+    """``meta`` with ``DEFAULT_TRACK`` for the track fields an older export does not carry."""
+    return {**DEFAULT_TRACK, **meta}
 
 
 def decode_metadata(outputs):
-    return {"kind": outputs["kind"].numpy().decode(),
+    """The ``metadata`` signature's outputs (a SavedModel's) -> the metadata; ``track_rule`` and
+    ``normalize`` are outputs of exports since they exist, defaults before."""
+    meta = {"kind": outputs["kind"].numpy().decode(),
             "tags": [t.decode() for t in outputs["tags"].numpy()],
             "sample_rate": int(outputs["sample_rate"]), "clip_samples": int(outputs["clip_samples"])}
+    if "track_rule" in outputs:
+        meta["track_rule"] = outputs["track_rule"].numpy().decode()
+    if "normalize" in outputs:
+        meta["normalize"] = bool(outputs["normalize"].numpy())
+    for key in ("hop_samples",):
+        if key in outputs:
+            meta[key] = int(outputs[key])
+    if "pad_mode" in outputs:
+        meta["pad_mode"] = outputs["pad_mode"].numpy().decode()
+    return with_track_defaults(meta)
 
 
 def existing_model_path(path):

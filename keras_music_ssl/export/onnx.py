@@ -1,6 +1,6 @@
 """ONNX export: a folder of two standard-opset ONNX models, raw 16 kHz audio in.
 
-    clips.onnx              ``embed`` / ``tag``: ``waveform`` (batch, 64000), any batch
+    clips.onnx              ``embed`` / ``tag``: ``waveform`` (batch, 64000; musicnn's 48128), any batch
     track.onnx              ``embed_track`` / ``tag_track``: ``waveform`` (samples,), any length
     tags.txt, keras_music_ssl.json
 
@@ -20,10 +20,12 @@ under JAX or PyTorch goes through a ``.keras`` file and a TensorFlow subprocess,
 other formats do.
 """
 
+import contextlib
 import json
 import pathlib
 
 from keras_music_ssl.export.metadata import ONNX_CLIPS_FILE, ExportError, model_metadata, write_metadata_files
+from keras_music_ssl.export.private_api import private_api
 from keras_music_ssl.export.signatures import endpoints, require_tensorflow_backend
 
 OPSET = 17
@@ -36,8 +38,16 @@ INSTALL_HINT = "ONNX export needs the onnx extra: pip install 'keras-music-ssl[o
 def convertible(model):
     """The same model with the frontend's DFT as a matrix product (no weights change)."""
     from keras_music_ssl.backbone import MusicEncoder
+    from keras_music_ssl.musicnn import PatchTagger
     from keras_music_ssl.tagger import MusicTagger
 
+    if isinstance(model, PatchTagger):
+        if model.get_layer("frontend").dft == "matmul":
+            return model
+        config = model.get_config()
+        clone = type(model).from_config({**config, "frontend": {**config["frontend"], "dft": "matmul"}})
+        clone.set_weights(model.get_weights())
+        return clone
     tagger = isinstance(model, MusicTagger)
     encoder = model.encoder if tagger else model
     if encoder.frontend.dft == "matmul":
@@ -59,22 +69,59 @@ def export_onnx(model, path):
         raise ExportError(f"{INSTALL_HINT} ({error})") from None
 
     meta = model_metadata(model)
-    functions = endpoints(convertible(model), meta)
+    model = convertible(model)
+    functions = endpoints(model, meta)
+    # musicnn's frontend rounds its mel to float16 (a cast there and back), which tf2onnx would merge away.
+    rounds = any(getattr(layer, "float16_mel", False) for layer in model.layers)
     path = pathlib.Path(path)
     path.mkdir(parents=True)
     for call, file in FILES.items():
         signature = SIGNATURES[meta["kind"]][call]
         fn, spec = functions[signature]
         try:
-            proto, _ = tf2onnx.convert.from_function(tf.function(fn), input_signature=spec, opset=OPSET)
+            with keeping_float16_casts(rounds):
+                proto, _ = tf2onnx.convert.from_function(tf.function(fn), input_signature=spec, opset=OPSET)
+        except ExportError:
+            raise
         except Exception as error:  # tf2onnx raises bare ValueError / KeyError on unsupported graphs
             raise ExportError(f"ONNX conversion of {signature!r} failed: {error}") from error
+        if rounds and not float16_casts(proto):
+            raise ExportError(f"ONNX conversion of {signature!r} dropped the float16 rounding of the mel.")
         proto = with_metadata(without_unused_opsets(proto), meta, signature)
         check_standard_ops(proto)
         onnx.checker.check_model(proto, full_check=True)
         onnx.save(proto, str(path / file))
     write_metadata_files(path, meta)
     return path
+
+
+@contextlib.contextmanager
+def keeping_float16_casts(needed=True):
+    """Convert without tf2onnx's back-to-back optimiser, which merges ``Cast(float16)`` then
+    ``Cast(float)`` into one cast (it counts float16 as lossless), dropping a rounding the model does
+    on purpose (musicnn's mel). Its optimiser table is private: a release without it is an ExportError."""
+    if not needed:
+        yield
+        return
+    module = private_api("tf2onnx.optimizer", purpose="ONNX export of a float16-rounding frontend")
+    table = getattr(module, "_optimizers", None)
+    if not isinstance(table, dict) or "remove_back_to_back" not in table:
+        raise ExportError("ONNX export of musicnn's models needs tf2onnx's optimizer table "
+                          "(tf2onnx.optimizer._optimizers) to keep the float16 rounding of the mel; the installed "
+                          "tf2onnx has none: install the version pyproject.toml pins.")
+    module._optimizers = type(table)((k, v) for k, v in table.items() if k != "remove_back_to_back")
+    try:
+        yield
+    finally:
+        module._optimizers = table
+
+
+def float16_casts(proto):
+    """The ``Cast`` nodes of a graph that cast to float16."""
+    from onnx import TensorProto
+
+    return [node for node in proto.graph.node if node.op_type == "Cast"
+            and any(a.name == "to" and a.i == TensorProto.FLOAT16 for a in node.attribute)]
 
 
 def without_unused_opsets(proto):

@@ -6,7 +6,7 @@ import numpy as np
 
 from keras_music_ssl.export.metadata import (ExportError, decode_metadata, existing_model_path, is_onnx_folder,
                                              read_metadata)
-from keras_music_ssl.track import require_samples
+from keras_music_ssl.track import UnusableTrack, require_samples
 
 
 class SavedModelRunner:
@@ -31,8 +31,12 @@ class SavedModelRunner:
 
     def track(self, waveform):
         """The track signature; an empty waveform raises ``track.UnusableTrack`` (``empty``), as
-        in Python (the graph itself reports it as ``num_chunks = 0``)."""
+        in Python (the graph itself reports it as ``num_chunks = 0``); so does, for musicnn's
+        ``"patches"`` rule, a waveform with NaN or infinite samples (``non_finite``), as its
+        ``model.track`` does."""
         require_samples(waveform)
+        if self.metadata.get("track_rule") == "patches" and not np.all(np.isfinite(waveform)):
+            raise UnusableTrack("non_finite", "the waveform holds NaN or infinite samples")
         return self.run("tag_track" if self.metadata["kind"] == "tagger" else "embed_track",
                         waveform=waveform)
 

@@ -1,6 +1,7 @@
 """TensorFlow SavedModel export (TF Serving, ``tf.saved_model.load``): the signatures of
 ``signatures.py`` plus ``metadata`` (no input -> ``kind``, ``tags``, ``sample_rate``,
-``clip_samples``), and ``assets.extra/`` with ``tags.txt`` and ``keras_music_ssl.json``."""
+``clip_samples``, ``track_rule``, ``normalize``, and for musicnn's ``"patches"`` rule ``hop_samples``
+and ``pad_mode``: ``metadata.model_metadata``), and ``assets.extra/`` with ``tags.txt`` and ``keras_music_ssl.json``."""
 
 import pathlib
 
@@ -23,7 +24,10 @@ def write_saved_model(model, path, meta, with_metadata=True):
             return {"kind": tf.constant(meta["kind"]),
                     "tags": tf.constant(meta["tags"], dtype=tf.string, shape=[len(meta["tags"])]),
                     "sample_rate": tf.constant(meta["sample_rate"], tf.int32),
-                    "clip_samples": tf.constant(meta["clip_samples"], tf.int32)}
+                    "clip_samples": tf.constant(meta["clip_samples"], tf.int32),
+                    "track_rule": tf.constant(meta["track_rule"]), "normalize": tf.constant(meta["normalize"]),
+                    **({"hop_samples": tf.constant(meta["hop_samples"], tf.int32),
+                        "pad_mode": tf.constant(meta["pad_mode"])} if meta["track_rule"] == "patches" else {})}
 
         archive.add_endpoint("metadata", metadata, input_signature=[])
     archive.write_out(str(path), verbose=False)

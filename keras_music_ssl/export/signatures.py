@@ -6,6 +6,11 @@ multiple of the clip length, embed each chunk, average, then (tagger) apply the 
 mean embedding. An empty track is an error in Python; a graph cannot raise on every runtime,
 so the track signatures report ``num_chunks = 0`` for it (their other outputs are those of
 one silent chunk, finite) and the runners in ``runtime.py`` raise the Python error.
+
+A musicnn ``PatchTagger`` (``Musicnn``, ``Vgg``) serves ``tag`` and ``tag_track`` only, by its own
+track rule (``musicnn/track.py``, :func:`track_patches`): the samples as decoded, cut into
+overlapping patches, the mean of the patches' probabilities. It has no ``head``: its track's tags
+are not a function of one mean feature vector.
 """
 
 from keras_music_ssl.export.metadata import ExportError
@@ -29,10 +34,40 @@ def track_chunks(waveform, clip_samples):
     return tf.reshape(padded, [rows, clip_samples]), chunks
 
 
+def track_patches(waveform, frames, hop, n_fft, pad_mode):
+    """(samples,) -> ((max(1, patches), patch_samples), patches): ``musicnn.track.patches`` in TF ops
+    that TFLite runs as built-ins (TILE, MIRROR_PAD / PAD, GATHER) and tf2onnx converts.
+
+    A track shorter than ``(frames - 1) * hop`` samples is repeated until it is that long; the
+    track is padded by ``n_fft // 2`` at both ends (``pad_mode``) and a window of
+    ``(frames - 1) * hop + n_fft`` samples is cut every ``frames * hop`` samples,
+    ``(1 + samples // hop) // frames`` of them. An empty track gives ``patches = 0`` and one
+    silent patch (so every output stays finite); no normalisation.
+    """
+    import tensorflow as tf
+
+    waveform = tf.reshape(tf.cast(waveform, tf.float32), [-1])
+    length = tf.shape(waveform)[0]
+    # An empty track becomes one silent sample, which tiles to a silent patch.
+    waveform = tf.pad(waveform, [[0, 1 - tf.minimum(length, 1)]])
+    shortest = (frames - 1) * hop
+    size = tf.shape(waveform)[0]
+    waveform = tf.tile(waveform, tf.reshape(tf.maximum(1, (shortest + size - 1) // size), [1]))
+    size = tf.shape(waveform)[0]
+    half = n_fft // 2
+    padded = tf.pad(waveform, [[half, half]], mode="REFLECT" if pad_mode == "reflect" else "CONSTANT")
+    count = (1 + size // hop) // frames  # >= 1: size >= shortest
+    window, step = (frames - 1) * hop + n_fft, frames * hop
+    index = tf.range(count)[:, None] * step + tf.range(window)[None, :]
+    return tf.gather(padded, index), tf.where(length > 0, count, 0)
+
+
 def endpoints(model, meta):
     """name -> (function, input signature) for the model's kind."""
     import tensorflow as tf
 
+    if meta.get("track_rule") == "patches":
+        return patch_endpoints(model, meta)
     clip_samples, dim = meta["clip_samples"], meta["embedding_dim"]
     clips_spec = [tf.TensorSpec([None, clip_samples], tf.float32, name="waveform")]
     track_spec = [tf.TensorSpec([None], tf.float32, name="waveform")]
@@ -64,6 +99,28 @@ def endpoints(model, meta):
 
     return {"tag": (tag, clips_spec), "tag_track": (tag_track, track_spec),
             "head": (head, [tf.TensorSpec([None, dim], tf.float32, name="embedding")])}
+
+
+def patch_endpoints(model, meta):
+    """``tag`` and ``tag_track`` of a musicnn ``PatchTagger`` (no ``head``: module docstring)."""
+    import tensorflow as tf
+
+    frontend = model.get_layer("frontend")
+    clips_spec = [tf.TensorSpec([None, meta["clip_samples"]], tf.float32, name="waveform")]
+    track_spec = [tf.TensorSpec([None], tf.float32, name="waveform")]
+
+    def tag(waveform):
+        out = model(waveform, training=False)
+        return {"probabilities": out["probabilities"], "embedding": out["penultimate"]}
+
+    def tag_track(waveform):
+        patches, count = track_patches(waveform, model.num_frames, frontend.hop_length, frontend.n_fft,
+                                       model.pad_mode)
+        out = model(patches, training=False)
+        return {"probabilities": tf.reduce_mean(out["probabilities"], axis=0),
+                "embedding": tf.reduce_mean(out["penultimate"], axis=0), "num_chunks": count}
+
+    return {"tag": (tag, clips_spec), "tag_track": (tag_track, track_spec)}
 
 
 def require_tensorflow_backend():

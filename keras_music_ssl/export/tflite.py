@@ -82,6 +82,14 @@ def quantize_network_only(calibrated, network_name):
     return mlir_quantize(calibrated, denylisted_nodes=sorted(outside))
 
 
+def require_quantizable(meta, quantization):
+    """Refuse a quantised format for a musicnn tagger (``track_rule`` ``"patches"``): the float
+    frontend rewrite and the int8 calibration are made and measured for the library's ResNet only."""
+    if quantization is not None and meta.get("track_rule") == "patches":
+        raise ExportError(f"Quantised TFLite ({quantization}) is not made or measured for musicnn's models; "
+                          "use --format tflite (float32).")
+
+
 def export_tflite(model, path, quantization=None, representative=None):
     """Write a ``.tflite`` file of an encoder or tagger (TensorFlow backend).
 
@@ -92,7 +100,8 @@ def export_tflite(model, path, quantization=None, representative=None):
     The op list is checked: only TFLite built-ins, no Flex/custom or variable ops.
     """
     meta = model_metadata(model)
-    encoder = model.encoder if meta["kind"] == "tagger" else model
+    require_quantizable(meta, quantization)
+    encoder = model.encoder if meta["kind"] == "tagger" and meta["track_rule"] == "chunks" else model
     calibration = None
     if quantization == "full_int8":
         clips = (synthetic_clips(48, meta["clip_samples"], meta["sample_rate"])
@@ -100,7 +109,8 @@ def export_tflite(model, path, quantization=None, representative=None):
         calibration = calibration_samples(model, meta, clips)
     with tempfile.TemporaryDirectory() as tmp:
         signatures = write_saved_model(model, tmp, meta, with_metadata=False)
-        content = tflite_bytes(tmp, signatures, quantization, calibration, encoder.resnet.name)
+        network = encoder.resnet.name if quantization == "full_int8" else None
+        content = tflite_bytes(tmp, signatures, quantization, calibration, network)
     if quantization in ("float16", "dynamic_int8"):
         content = float_frontend(content, encoder.frontend)
     content = share_identical_buffers(content)
