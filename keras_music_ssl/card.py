@@ -18,7 +18,8 @@ and the paper to cite.
 Metadata keys the card reads (all optional): ``method``, ``dataset`` (``{"name",
 "description", "licence"}``: the training data), ``training`` (the run's settings),
 ``training_procedure`` (text), ``license`` / ``license_name`` / ``license_link`` (Hub licence
-identifiers), ``licence`` (text), ``citation``, ``paper`` (its URL), ``source`` and ``checkpoint``
+identifiers), ``licence`` (text), ``licence_notice`` (a licence's full text, quoted in the card),
+``citation``, ``paper`` (its URL), ``source`` and ``checkpoint``
 (a conversion's origin), plus what ``save_to_preset`` records (versions, backend, date, parameter
 counts, ``weights_fingerprint``, ``files``).
 
@@ -157,7 +158,7 @@ def export_files(model, format, schema, metadata=None, probe_results=None):
 
     encoder = model.encoder if isinstance(model, MusicTagger) else model
     kept = ("method", "dataset", "training", "training_procedure", "license", "license_name", "license_link",
-            "licence", "citation", "paper", "source", "checkpoint", "card", "reported_results")
+            "licence", "licence_notice", "citation", "paper", "source", "checkpoint", "card", "reported_results")
     meta = {key: value for key, value in (metadata or {}).items() if key in kept}
     if metadata is None:  # nothing says where the weights come from, so nothing says under which terms
         meta["license"] = "unknown"
@@ -577,7 +578,9 @@ def _licence_section(facts):
     dataset = meta.get("dataset")
     if isinstance(dataset, dict) and dataset.get("licence"):
         text += f" Training data: {dataset['licence']}"
-    return ["## Licence", "", text]
+    notice = meta.get("licence_notice")  # a licence text that must travel with every copy (ISC, MIT)
+    quoted = ["", *(f"> {line}".rstrip() for line in str(notice).splitlines())] if notice else []
+    return ["## Licence", "", text, *quoted]
 
 
 def _citation_section(facts):

@@ -247,6 +247,9 @@ def test_converted_presets_carry_their_tags_licence_and_reported_results(presets
         assert round(meta["reported_results"]["pr_auc_macro"], 3) == pr
         assert meta["source"]["sha256"] == WHEEL_SHA256
         assert f"ROC-AUC of {roc:.3f}" in text and "ISC licence" in text and "@inproceedings{pons2019musicnn" in text
+        # ISC asks for its notice in every copy: the wheel's LICENSE.md, quoted in the card
+        assert meta["licence_notice"].startswith("Copyright (c) Music Technology Group")
+        assert "> Permission to use, copy, modify, and/or distribute this software" in text
         assert f"kmssl tag song.mp3 --preset {name}" in text and "`(batch, 48128)`" in text
 
 

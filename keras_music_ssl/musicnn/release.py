@@ -36,6 +36,7 @@ REQUIREMENT = "musicnn==0.1.0"
 WHEEL_NAME = "musicnn-0.1.0-py3-none-any.whl"
 WHEEL_SHA256 = "f38a4890c648c1ddbb141c5d96d2b0a8cfcd36746002d896989f7b88beb65cfa"  # PyPI's, for this file
 CHECKPOINT_FILES = (".index", ".data-00000-of-00001")
+LICENCE_MEMBER = "musicnn-0.1.0.dist-info/LICENSE.md"
 PROJECT_URL = "https://github.com/jordipons/musicnn"
 PAPER_URL = "https://arxiv.org/abs/1909.06654"
 CITATION = """@inproceedings{pons2019musicnn,
@@ -162,6 +163,8 @@ def _convert_all(wheel, staging, origin):
     classes = {"Musicnn": Musicnn, "Vgg": Vgg}
     with zipfile.ZipFile(wheel) as archive:
         tags = tag_lists(archive.read("musicnn/configuration.py").decode("utf-8"))
+        # ISC: the copyright and permission notice must appear in all copies, so each preset carries it.
+        notice = archive.read(LICENCE_MEMBER).decode("utf-8").strip() if LICENCE_MEMBER in names else None
         for name, (class_name, folder) in MUSICNN_PRESETS.items():
             members = [f"musicnn/{folder}/{file}" for file in CHECKPOINT_FILES]
             missing = [m for m in members if m not in names]
@@ -180,12 +183,14 @@ def _convert_all(wheel, staging, origin):
             result, config = checkpoint / "experiment.result", checkpoint / "config.json"
             scores = reported_results(result.read_text()) if result.is_file() else None
             training = storage.read_json(config, "musicnn's training config") if config.is_file() else {}
-            model.save_to_preset(staging / name, **_metadata(class_name, folder, dataset, scores, training, origin))
+            model.save_to_preset(staging / name, **_metadata(class_name, folder, dataset, scores, training, origin,
+                                                                 notice))
 
 
-def _metadata(class_name, folder, dataset, scores, training, origin):
+def _metadata(class_name, folder, dataset, scores, training, origin, notice=None):
     """What a converted preset's ``metadata.json`` says (its card reads it: ``card.py``); ``training``:
-    the checkpoint's ``config.json``; ``origin``: where the wheel came from."""
+    the checkpoint's ``config.json``; ``origin``: where the wheel came from; ``notice``: the wheel's
+    licence text."""
     short, architecture = ARCHITECTURES[class_name]
     data = DATASETS[dataset]
     settings = ", ".join(text.format(training[key]) for key, text in (
@@ -208,7 +213,8 @@ def _metadata(class_name, folder, dataset, scores, training, origin):
                                  "pr_auc_macro": scores[1]}} if scores else {}),
         "license": "isc",
         "licence": "musicnn's code and weights are released under the ISC licence (Copyright (c) Music Technology "
-                   "Group, Universitat Pompeu Fabra 2019; the wheel's LICENSE.md).",
+                   "Group, Universitat Pompeu Fabra 2019; the wheel's LICENSE.md, reproduced below).",
+        **({"licence_notice": notice} if notice else {}),
         "citation": CITATION, "paper": PAPER_URL,
         "card": {
             "title": f"{short} music tagger, {data['name']} (musicnn's release, in Keras)",
