@@ -100,10 +100,9 @@ def same_config_floor(run, encoder, seed):
     method of a comparison starts from the same encoder: one seed, one configuration), named
     ``<encoder>-init``; None for a run folder older than ``initial/`` (0.7)."""
     from keras_music_ssl.backbone import MusicEncoder
-    from keras_music_ssl.train import INITIAL
-
     from keras_music_ssl.probe.models import RANDOM, resolve_model
     from keras_music_ssl.storage import weights_fingerprint
+    from keras_music_ssl.train import INITIAL
 
     path = os.path.join(run, INITIAL)
     if not os.path.isdir(path):
@@ -123,7 +122,8 @@ def _write_comparison(out, methods, base, protocol, bootstrap, runs, results, fl
         test = result["test"]
         run = runs.get(name, {})
         kind = "method" if name in methods else "floor" if name in floors else "reference"
-        rows.append({"model": name, "kind": kind, "pretrain_seconds": run.get("fit_seconds"), "steps": run.get("steps"),
+        rows.append({"model": name, "kind": kind, "pretrain_seconds": run.get("fit_seconds"),
+                     "steps": run.get("steps"),
                      "final_loss": _finite(run.get("final", {}).get("loss")),
                      "effective_rank": _finite(run.get("final", {}).get("val_effective_rank")),
                      "roc_auc": test["roc_auc_macro"]["point"], "roc_auc_ci95": test["roc_auc_macro"]["ci95"],
