@@ -1,5 +1,7 @@
 """Compare pretext methods: the same data, budget, seed and encoder for each, then one probe
-report beside the floors (``random`` init and ``logmel-stats``). The library side of ``kmssl compare``.
+report beside the floors (the runs' own initial encoder ``<encoder>-init``, ``random``: the paper's
+encoder at random init, and ``logmel-stats``) and a supervised reference, with each method's
+verdict against each floor. The library side of ``kmssl compare``.
 
     from keras_music_ssl.compare import compare
     table = compare("runs/compare", methods=["contrastive", "byol"], epochs=10, steps_per_epoch=50)
@@ -79,10 +81,12 @@ def compare(out, methods=None, probe_dataset=None, protocol="paper", bootstrap=5
                                     method=method, **settings)
         print(f"probing {', '.join(methods)} and the floors on {probe_data.name}", flush=True)
         models = [(m, MusicEncoder.from_preset(runs[m]["preset"])) for m in methods] + ["random"]
-        models += references
+        initial = same_config_floor(os.path.join(out, "runs", methods[0]), base.encoder, base.seed)
+        floors = ["random", *([initial[0]] if initial else []), "logmel-stats"]
+        models += ([initial] if initial else []) + references
         results = run_probe(probe_data, models, os.path.join(out, "probe"), protocol=protocol,
                             bootstrap=bootstrap, seed=base.seed, progress=bool(verbose), **probe_options)
-        return _write_comparison(out, methods, base, protocol, bootstrap, runs, results)
+        return _write_comparison(out, methods, base, protocol, bootstrap, runs, results, floors)
 
 
 def _finite(value):
@@ -91,22 +95,46 @@ def _finite(value):
     return value if value is not None and math.isfinite(value) else None
 
 
-def _write_comparison(out, methods, base, protocol, bootstrap, runs, results):
+def same_config_floor(run, encoder, seed):
+    """``(name, MusicEncoder)``: the initial weights of the pretraining run folder ``run`` (every
+    method of a comparison starts from the same encoder: one seed, one configuration), named
+    ``<encoder>-init``; None for a run folder older than ``initial/`` (0.7)."""
+    from keras_music_ssl.backbone import MusicEncoder
+    from keras_music_ssl.probe.models import RANDOM, resolve_model
+    from keras_music_ssl.storage import weights_fingerprint
+    from keras_music_ssl.train import INITIAL
+
+    path = os.path.join(run, INITIAL)
+    if not os.path.isdir(path):
+        return None
+    model = MusicEncoder.from_preset(path)
+    if weights_fingerprint(model) == resolve_model(RANDOM, seed).fingerprint:
+        return None  # the paper's encoder with the probe's seed: `random` is this floor already
+    return f"{encoder}-init", model
+
+
+def _write_comparison(out, methods, base, protocol, bootstrap, runs, results, floors=FLOORS):
     from keras_music_ssl import storage
+    from keras_music_ssl.probe.verdict import verdict
 
     rows = []
     for name, result in results["models"].items():
         test = result["test"]
         run = runs.get(name, {})
-        kind = "method" if name in methods else "floor" if name in FLOORS else "reference"
-        rows.append({"model": name, "kind": kind, "pretrain_seconds": run.get("fit_seconds"), "steps": run.get("steps"),
+        kind = "method" if name in methods else "floor" if name in floors else "reference"
+        rows.append({"model": name, "kind": kind, "pretrain_seconds": run.get("fit_seconds"),
+                     "steps": run.get("steps"),
                      "final_loss": _finite(run.get("final", {}).get("loss")),
                      "effective_rank": _finite(run.get("final", {}).get("val_effective_rank")),
                      "roc_auc": test["roc_auc_macro"]["point"], "roc_auc_ci95": test["roc_auc_macro"]["ci95"],
                      "pr_auc": test["pr_auc_macro"]["point"], "pr_auc_ci95": test["pr_auc_macro"]["ci95"]})
+    floors = [f for f in floors if f in results["models"]]
+    tests = {name: result["test"] for name, result in results["models"].items()}
     comparison = {"settings": {k: v for k, v in base.to_dict().items() if k != "method"}, "methods": methods,
-                  "references": [r["model"] for r in rows if r["kind"] == "reference"], "probe_dataset": results["dataset"], "protocol": protocol, "bootstrap": bootstrap,
-                  "tracks": results["models"][methods[0]]["tracks"], "rows": rows}
+                  "floors": floors, "references": [r["model"] for r in rows if r["kind"] == "reference"],
+                  "probe_dataset": results["dataset"], "protocol": protocol, "bootstrap": bootstrap,
+                  "tracks": results["models"][methods[0]]["tracks"], "rows": rows,
+                  "verdicts": {m: verdict(tests, m, floors) for m in methods}}
     storage.write_json(os.path.join(out, "comparison.json"), comparison)
     storage.write_text(os.path.join(out, "comparison.md"), comparison_table(comparison) + "\n")
     _figures(out, comparison, runs)
@@ -114,7 +142,7 @@ def _write_comparison(out, methods, base, protocol, bootstrap, runs, results):
 
 
 def comparison_table(comparison):
-    """Markdown: one row per model, methods first, then the floors."""
+    """Markdown: one row per model (methods, floors, references), then each method's verdict."""
     lines = ["| model | pretraining | final loss | effective rank | test ROC-AUC [95 % CI] | test PR-AUC [95 % CI] |",
              "|---|---|---|---|---|---|"]
     for row in comparison["rows"]:
@@ -127,6 +155,10 @@ def comparison_table(comparison):
         roc, pr = row["roc_auc_ci95"], row["pr_auc_ci95"]
         lines.append(f"| {row['model']} | {budget} | {loss} | {rank} | {row['roc_auc']:.3f} [{roc[0]:.3f}, {roc[1]:.3f}] "
                      f"| {row['pr_auc']:.3f} [{pr[0]:.3f}, {pr[1]:.3f}] |")
+    verdicts = comparison.get("verdicts") or {}  # comparisons written before 0.7 have none
+    if verdicts:
+        lines += ["", "Test macro ROC-AUC against each floor (paired bootstrap over the same test resamples):", ""]
+        lines += [f"- {text}" for text in verdicts.values()]
     return "\n".join(lines)
 
 
@@ -146,7 +178,7 @@ def _figures(out, comparison, runs):
     errors = [[p - r["roc_auc_ci95"][0] for p, r in zip(points, rows)],
               [r["roc_auc_ci95"][1] - p for p, r in zip(points, rows)]]
     ax.bar(range(len(rows)), points, yerr=errors, capsize=4, color="tab:blue")
-    for floor, style in zip(floors, ("--", ":", "-.", (0, (1, 3)))):
+    for floor, style in zip(floors, ("--", ":", "-.", (0, (1, 3)), (0, (5, 5)))):
         ax.axhline(floor["roc_auc"], color="black", linestyle=style, label=f"{floor['model']} {floor['roc_auc']:.3f}")
     ax.set_xticks(range(len(rows)), [r["model"] for r in rows], rotation=20)
     low = min(points + [f["roc_auc"] for f in floors]) - 0.08

@@ -3,8 +3,9 @@
 
 1. build the rendered dataset (``small``: real scores played with a General MIDI SoundFont);
 2. pretrain an encoder (contrastive, the budget below) on its train split;
-3. probe it on the test split's instrument tags beside the floors ``random`` and ``logmel-stats``
-   and a supervised reference, musicnn's MagnaTagATune tagger (``musicnn_mtt``: the one download,
+3. probe it on the test split's instrument tags beside the floors (``medium-init``: the encoder
+   this run started from; ``random``: the paper's encoder at random init; ``logmel-stats``) and a
+   supervised reference, musicnn's MagnaTagATune tagger (``musicnn_mtt``: the one download,
    musicnn's wheel from PyPI, on first use; left out with a note when it cannot be had);
 4. export a TFLite tagger (the encoder + the probe's head, raw audio in);
 5. tag one test clip with that file through ``kmssl tag``;
@@ -12,13 +13,13 @@
 
 The budget is the one ``benchmarks/quickstart_budget.py`` found to beat the handcrafted floor
 within 20 minutes on 2 CPU cores; on the ``medium`` set it only ties the floors (its table is
-in the README). The verdict line says what this run found.
+in the README). The verdict line says what this run found against each floor, and which
+differences are beyond the test split's noise (``probe/verdict.py``).
 """
 
 import os
 import time
 
-from keras_music_ssl.compare import FLOORS
 from keras_music_ssl.probe.models import REFERENCE
 
 # The quickstart's pretraining budget (see benchmarks/quickstart_budget.py).
@@ -32,10 +33,12 @@ def quickstart(out="outputs/quickstart", seed=0, data_dir=None, verbose=1, refer
     ``reference``: the supervised tagger preset probed beside the floors (``None``: none)."""
     from keras_music_ssl import cli, storage
     from keras_music_ssl.backbone import MusicEncoder
+    from keras_music_ssl.compare import same_config_floor
     from keras_music_ssl.data.embedded import embedded_dataset
     from keras_music_ssl.errors import KmsslError
     from keras_music_ssl.probe import run_probe
     from keras_music_ssl.probe.models import supervised_reference
+    from keras_music_ssl.probe.verdict import verdict
     from keras_music_ssl.train import pretrain
 
     started = time.perf_counter()
@@ -54,7 +57,9 @@ def quickstart(out="outputs/quickstart", seed=0, data_dir=None, verbose=1, refer
 
     _step(3, "probing on the test split's tags, beside the floors" + (f" and {reference}" if reference else ""))
     encoder = MusicEncoder.from_preset(run["preset"])
-    models = [(method, encoder), "random"] + supervised_reference(reference)
+    initial = same_config_floor(out, BUDGET["encoder"], seed)  # the encoder this run started from
+    floors = ["random", *([initial[0]] if initial else []), "logmel-stats"]
+    models = [(method, encoder), "random", *([initial] if initial else []), *supervised_reference(reference)]
     results = run_probe(dataset.root, models, os.path.join(out, "probe"), seed=seed, progress=bool(verbose))
 
     _step(4, "exporting a TFLite tagger (raw 16 kHz audio in, tags out)")
@@ -77,9 +82,12 @@ def quickstart(out="outputs/quickstart", seed=0, data_dir=None, verbose=1, refer
     rows = {name: r["test"] for name, r in results["models"].items()}
     summary = {"budget": BUDGET, "dataset": dataset.root, "clips": counts,
                "pretrain_seconds": run["fit_seconds"], "wall_seconds": round(time.perf_counter() - started, 1),
-               "floors": list(FLOORS), "references": [name for name in rows if name not in (method, *FLOORS)],
+               "floors": floors, "references": [name for name in rows if name not in (method, *floors)],
                "test": {name: {"roc_auc": t["roc_auc_macro"]["point"], "roc_auc_ci95": t["roc_auc_macro"]["ci95"],
                                "pr_auc": t["pr_auc_macro"]["point"]} for name, t in rows.items()},
+               "verdict": verdict(rows, method, floors),
+               "reference_verdicts": {name: verdict(rows, name, [method]) for name in rows
+                                      if name not in (method, *floors)},
                "preset": run["preset"], "tagger": tagger, "probe_report": os.path.join(out, "probe", "results.md")}
     storage.write_json(os.path.join(out, "quickstart.json"), summary)
     _print_summary(summary, method)
@@ -98,17 +106,11 @@ def _print_summary(summary, method):
     for name, t in test.items():
         low, high = t["roc_auc_ci95"]
         print(f"| {name} | {t['roc_auc']:.3f} | [{low:.3f}, {high:.3f}] | {t['pr_auc']:.3f} |")
-    ours, floors = test[method]["roc_auc"], {k: test[k]["roc_auc"] for k in FLOORS}
-    beaten = [k for k, v in floors.items() if ours > v]
-    missed = [k for k in floors if k not in beaten]
-    verdict = (f"pretrained {method} beats {' and '.join(beaten)}" if beaten else f"pretrained {method} beats no floor")
-    if missed:
-        verdict += f"; it does not beat {' and '.join(missed)}"
-    print(f"\n{verdict} (intervals overlapping means the difference is within the test split's noise).")
-    for name in summary.get("references", []):
-        other = test[name]["roc_auc"]
-        print(f"{name}, a tagger trained with real labels on other music (a reference, not a floor), "
-              f"{'beats' if other > ours else 'does not beat'} it: {other:.3f} vs {ours:.3f}.")
+    print(f"\npretrained {summary['verdict']}")
+    print("(beyond the noise: the paired bootstrap interval of the difference excludes 0; within: the test "
+          "split cannot tell them apart)")
+    for text in summary["reference_verdicts"].values():
+        print(f"supervised reference (trained with real labels on other music, not a floor): {text}")
     print(f"\nwall time {summary['wall_seconds'] / 60:.1f} min (pretraining {summary['pretrain_seconds'] / 60:.1f} min)")
     print(f"encoder preset  {summary['preset']}")
     print(f"TFLite tagger   {summary['tagger']}")

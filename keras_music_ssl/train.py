@@ -13,6 +13,8 @@ of audio, or (``data=None``) the embedded rendered dataset. The run folder ``out
     backup/         the last two epochs' training state while the run is unfinished (``backup.py``)
     model.keras     the final pretext model
     preset/         the encoder as a preset, for ``kmssl embed`` / ``probe`` / ``export``
+    initial/        the encoder before its first step, as a preset: the floor of its own
+                    configuration (``compare`` and the quickstart probe it beside the trained one)
     summary.json    written last: the run is finished
 
 Several devices: ``distribute="auto" | "mirrored" | "data_parallel"`` (and ``devices``) train
@@ -314,7 +316,26 @@ def _run(out, config, distribution, data_dir, verbose):
             "config": config.to_dict(), "backend": keras.backend.backend(), "keras": keras.__version__,
             "distribute": distribution.name, "devices": [str(d) for d in distribution.devices],
             "rerun": f"keras_music_ssl.pretrain({out!r}, **config)"})
+        # After config.json, which ties the folder to these settings. model is as built: the run's
+        # initial weights (a run resumed from an older version gets them rebuilt alike).
+        initial = os.path.join(out, INITIAL)
+        if not os.path.isdir(initial):
+            _save_initial(initial, model.encoder, config)
         return _fit(out, config, model, train, valid, data_name, distribution, verbose)
+
+
+INITIAL = "initial"
+
+
+def _save_initial(path, encoder, config):
+    """The encoder as built, before any step, as a preset (renamed into place once complete)."""
+    storage.require_space(os.path.dirname(path), storage.model_bytes(encoder))
+    procedure = (f"Not trained: the random initialisation of a `kmssl pretrain` run ({config.encoder} encoder, "
+                 f"seed {config.seed}), kept as the floor of its own configuration: a probe on it shows what the "
+                 "architecture gives before any pretraining.")
+    with storage.atomic_target(path) as tmp:
+        encoder.save_to_preset(tmp, source="keras_music_ssl.pretrain (initial weights)", encoder=config.encoder,
+                               seed=config.seed, training_procedure=procedure)
 
 
 def _restore(out, config, model):
@@ -402,7 +423,8 @@ def _fit(out, config, model, train, valid, data_name, distribution, verbose):
                "steps": config.epochs * config.steps_per_epoch, "batch_size": config.batch_size,
                "final": {k: v for k, v in (rows[-1] if rows else {}).items() if math.isfinite(v)},
                "fit_seconds": round(sum(row.get("epoch_seconds", 0.0) for row in rows), 1),
-               "preset": preset, "model": os.path.join(out, "model.keras")}
+               "preset": preset, "initial_preset": os.path.join(out, INITIAL),
+               "model": os.path.join(out, "model.keras")}
     storage.write_json(os.path.join(out, "summary.json"), summary)
     shutil.rmtree(os.path.join(out, "backup"), ignore_errors=True)  # only now: until summary.json, a rerun resumes
     return summary

@@ -57,6 +57,17 @@ def test_pretrain_writes_a_complete_run_folder_and_a_rerun_does_not_train(data_d
     np.testing.assert_allclose(preset.predict(x, verbose=0), model.encoder.predict(x, verbose=0), atol=1e-6)
     assert int(keras.ops.convert_to_numpy(model.step)) == 4
 
+    # initial/: the encoder before its first step, bit for bit (the floor of its own configuration)
+    from keras_music_ssl.train import PretrainConfig, build_model
+
+    built = build_model(PretrainConfig(**config["config"])).encoder  # seeded as the run built it
+    initial = MusicEncoder.from_preset(os.path.join(out, "initial"))
+    assert initial.get_config() == preset.get_config()
+    for before, saved in zip(built.get_weights(), initial.get_weights()):
+        np.testing.assert_array_equal(saved, before)
+    assert any(not np.array_equal(a, b) for a, b in zip(initial.get_weights(), preset.get_weights()))
+    assert json.load(open(os.path.join(out, "summary.json")))["initial_preset"] == os.path.join(out, "initial")
+
     mtime = os.path.getmtime(os.path.join(out, "model.keras"))
     capsys.readouterr()
     assert cli.main(argv) == 0
@@ -182,10 +193,15 @@ def test_compare_two_methods_writes_one_report_with_the_floors_and_resumes(data_
     assert cli.main(argv) == 0
     table = capsys.readouterr().out
     comparison = json.load(open(os.path.join(out, "comparison.json")))
-    assert [r["model"] for r in comparison["rows"]] == ["contrastive", "byol", "random", "small_musicnn",
-                                                         "logmel-stats"]
-    assert [r["kind"] for r in comparison["rows"]] == ["method", "method", "floor", "reference", "floor"]
+    assert [r["model"] for r in comparison["rows"]] == ["contrastive", "byol", "random", "tiny-init",
+                                                         "small_musicnn", "logmel-stats"]
+    assert [r["kind"] for r in comparison["rows"]] == ["method", "method", "floor", "floor", "reference", "floor"]
     assert comparison["references"] == ["small_musicnn"]
+    assert comparison["floors"] == ["random", "tiny-init", "logmel-stats"]
+    for method in ("contrastive", "byol"):  # each method against each floor, in the table too
+        verdict = comparison["verdicts"][method]
+        assert verdict.startswith(f"{method} ") and all(f" {f} by " in verdict for f in comparison["floors"])
+        assert f"- {verdict}" in table
     for row in comparison["rows"]:
         assert 0.0 <= row["roc_auc"] <= 1.0 and row["roc_auc_ci95"][0] <= row["roc_auc"] <= row["roc_auc_ci95"][1]
         assert (row["steps"] == 2) == (row["model"] in ("contrastive", "byol"))
@@ -224,11 +240,13 @@ def test_quickstart_end_to_end_on_the_tiny_set(data_dir, tmp_path, capsys, monke
     printed = captured.out
     summary = json.load(open(os.path.join(out, "quickstart.json")))
     # musicnn's wheel is out of reach in the tests (conftest): the reference is left out, saying why
-    assert set(summary["test"]) == {"contrastive", "random", "logmel-stats"} and summary["references"] == []
+    assert set(summary["test"]) == {"contrastive", "random", "tiny-init", "logmel-stats"}
+    assert summary["references"] == [] and summary["floors"] == ["random", "tiny-init", "logmel-stats"]
+    assert f"pretrained {summary['verdict']}" in printed and " tiny-init by " in summary["verdict"]
     assert "the supervised reference musicnn_mtt is left out:" in captured.err
     assert os.path.getsize(os.path.join(out, "tagger.tflite")) > 10000
     assert os.path.exists(os.path.join(out, "preset", "config.json"))
-    assert "| logmel-stats |" in printed and "pretrained contrastive beats" in printed
+    assert "| logmel-stats |" in printed and "| tiny-init |" in printed
     # `kmssl tag` printed the clip's top tags, from the tag vocabulary
     from keras_music_ssl.data.labeled_csv import read_labeled_dataset
 

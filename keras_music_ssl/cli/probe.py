@@ -6,8 +6,10 @@
 DATASET: a folder in the generic format (or its metadata.csv), ``mtat:ROOT``, or
 ``jamendo:ROOT[:SUBSET[:SPLIT]]``. M: a preset folder, a named preset, ``random`` or
 ``logmel-stats`` (always added unless ``--no-baseline``), or a tagger preset (``musicnn_mtt``, ...:
-its ``penultimate`` features, a supervised reference). Exit status 0 on success, 2 with a
-one-line reason on bad input.
+its ``penultimate`` features, a supervised reference). The preset of a ``kmssl pretrain`` run
+folder brings the run's initial encoder (``RUN/initial``, named ``initial``) as the floor of its
+own configuration, and the verdict against each floor is printed under the table. Exit status 0
+on success, 2 with a one-line reason on bad input.
 """
 
 import sys
@@ -61,6 +63,26 @@ def add_arguments(parser):
     parser.add_argument("--weights-dir", default=None, help="where named presets live (default $KMSSL_WEIGHTS_DIR)")
 
 
+def with_initial_floors(specs):
+    """``(specs, pairs)``: each preset of a pretraining run folder (``RUN/preset``) brings the run's
+    initial encoder (``RUN/initial``, the floor of its own configuration) into the report;
+    ``pairs`` are the ``(trained, initial)`` positions in the returned list."""
+    import os
+
+    from keras_music_ssl.train import INITIAL
+
+    specs, pairs = list(specs), []
+    for i, spec in enumerate(list(specs)):
+        run = os.path.dirname(os.path.normpath(spec))
+        initial = os.path.join(run, INITIAL)
+        if (os.path.isdir(spec) and os.path.basename(os.path.normpath(spec)) != INITIAL
+                and os.path.isfile(os.path.join(run, "config.json")) and os.path.isdir(initial)):
+            if initial not in specs:
+                specs.append(initial)
+            pairs.append((i, specs.index(initial)))
+    return specs, pairs
+
+
 def _fail(message):
     print(f"kmssl probe: {message}", file=sys.stderr)
     return 2
@@ -73,6 +95,7 @@ def run(args):
     from keras_music_ssl.probe.fractions import DEFAULT_FRACTIONS
     from keras_music_ssl.probe.harness import check_options, default_cache_dir, run_probe
     from keras_music_ssl.probe.report import markdown_table
+    from keras_music_ssl.probe.verdict import verdict
 
     fractions = args.fractions
     if fractions is not None and not fractions:
@@ -82,7 +105,8 @@ def run(args):
         check_options(args.bootstrap, args.draws, fractions, args.epochs, args.batch_size)
         storage.check_output(args.out, "folder")
         storage.check_output(args.cache_dir or default_cache_dir(), "folder", "--cache-dir")
-        results = run_probe(args.dataset, args.model, args.out, protocol=args.protocol, fractions=fractions,
+        specs, pairs = with_initial_floors(args.model)
+        results = run_probe(args.dataset, specs, args.out, protocol=args.protocol, fractions=fractions,
                             draws=args.draws, bootstrap=args.bootstrap, seed=args.seed, baseline=not args.no_baseline,
                             cache_dir=args.cache_dir, embed_batch_size=args.batch_size, eval_chunks=args.eval_chunks,
                             weights_dir=args.weights_dir, audio_dir=args.audio_dir, hidden_units=args.hidden_units,
@@ -90,6 +114,10 @@ def run(args):
     except (KmsslError, ProbeDataError) as error:  # ProbeDataError: named until it is a KmsslError
         return _fail(str(error).splitlines()[0] if str(error) else type(error).__name__)
     print(markdown_table(results))
+    names, tests = list(results["models"]), {name: r["test"] for name, r in results["models"].items()}
+    for trained, initial in pairs:  # the harness keeps the order of the models it was given
+        floors = [names[initial]] + [f for f in ("random", "logmel-stats") if f in tests]
+        print(verdict(tests, names[trained], floors))
     print(f"report -> {args.out}/results.md, results.json, bootstrap.png"
           + (", fractions.png" if fractions else ""))
     return 0
