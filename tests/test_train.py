@@ -203,7 +203,8 @@ def test_compare_two_methods_writes_one_report_with_the_floors_and_resumes(data_
         assert verdict.startswith(f"{method} ") and all(f" {f} by " in verdict for f in comparison["floors"])
         assert f"- {verdict}" in table
     for row in comparison["rows"]:
-        assert 0.0 <= row["roc_auc"] <= 1.0 and row["roc_auc_ci95"][0] <= row["roc_auc"] <= row["roc_auc_ci95"][1]
+        # (a percentile bootstrap interval of 4 test tracks need not hold the point estimate)
+        assert 0.0 <= row["roc_auc"] <= 1.0 and 0.0 <= row["roc_auc_ci95"][0] <= row["roc_auc_ci95"][1] <= 1.0
         assert (row["steps"] == 2) == (row["model"] in ("contrastive", "byol"))
         assert f"| {row['model']} |" in table
     assert "| small_musicnn | supervised (reference) |" in table
