@@ -76,7 +76,8 @@ FLOORS = {"random": "the same architecture, randomly initialised",
           "logmel-stats": "mean and standard deviation over time of each log-mel band"}
 PROBE_METRICS = {"roc_auc_macro": "ROC-AUC macro", "pr_auc_macro": "PR-AUC macro"}
 TENSOR_ROLES = {"waveform": "raw mono audio", "embedding": "embedding", "probabilities": "tag probabilities",
-                "num_chunks": "4 s chunks the track was cut into (0: empty track)", "tags": "tag names",
+                "num_chunks": "clips the track was cut into (4 s chunks; musicnn's taggers: 3 s patches; "
+                              "0: empty track)", "tags": "tag names",
                 "kind": "embedder or tagger", "sample_rate": "input sample rate (Hz)",
                 "clip_samples": "samples per clip"}
 PAPER_ENCODER = {"width": 16, "layers": [3, 4, 6, 3], "heads": 8, "output_dim": 1024}
