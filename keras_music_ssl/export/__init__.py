@@ -304,11 +304,7 @@ def export_keras_file(keras_path, path, format="savedmodel", representative=None
     """Load a ``.keras`` encoder/tagger/musicnn tagger (saved on any backend) and export it (TF backend)."""
     import keras
 
-    from keras_music_ssl import musicnn, tagger
-
-    del musicnn, tagger  # imported for their registrations: TagHead, MusicTagger, Musicnn, Vgg
-
-    require_tensorflow_backend()
+    require_tensorflow_backend()  # importing keras_music_ssl registered every class load_model may meet
     model = keras.saving.load_model(str(keras_path))
     return export(model, path, format, representative, overwrite=True, card=card)
 

@@ -42,10 +42,9 @@ def model_metadata(model):
     from keras_music_ssl.tagger import MusicTagger
 
     if isinstance(model, PatchTagger):
-        frontend = model.get_layer("frontend")
         return {"kind": "tagger", "tags": list(model.tags), "sample_rate": int(model.sample_rate),
                 "clip_samples": int(model.num_samples), "embedding_dim": int(model.feature_dim),
-                "track_rule": "patches", "normalize": False, "hop_samples": model.num_frames * frontend.hop_length,
+                "track_rule": "patches", "normalize": False, "hop_samples": model.hop_samples,
                 "pad_mode": model.pad_mode, "keras_music_ssl_version": __version__}
     if isinstance(model, MusicTagger):
         kind, encoder, tags = "tagger", model.encoder, model.tags
@@ -154,9 +153,8 @@ def decode_metadata(outputs):
         meta["track_rule"] = outputs["track_rule"].numpy().decode()
     if "normalize" in outputs:
         meta["normalize"] = bool(outputs["normalize"].numpy())
-    for key in ("hop_samples",):
-        if key in outputs:
-            meta[key] = int(outputs[key])
+    if "hop_samples" in outputs:
+        meta["hop_samples"] = int(outputs["hop_samples"])
     if "pad_mode" in outputs:
         meta["pad_mode"] = outputs["pad_mode"].numpy().decode()
     return with_track_defaults(meta)

@@ -37,25 +37,23 @@ INSTALL_HINT = "ONNX export needs the onnx extra: pip install 'keras-music-ssl[o
 
 def convertible(model):
     """The same model with the frontend's DFT as a matrix product (no weights change)."""
-    from keras_music_ssl.backbone import MusicEncoder
-    from keras_music_ssl.musicnn import PatchTagger
     from keras_music_ssl.tagger import MusicTagger
 
-    if isinstance(model, PatchTagger):
-        if model.get_layer("frontend").dft == "matmul":
-            return model
-        config = model.get_config()
-        clone = type(model).from_config({**config, "frontend": {**config["frontend"], "dft": "matmul"}})
-        clone.set_weights(model.get_weights())
-        return clone
-    tagger = isinstance(model, MusicTagger)
-    encoder = model.encoder if tagger else model
-    if encoder.frontend.dft == "matmul":
+    if isinstance(model, MusicTagger):
+        encoder = _matmul_dft(model.encoder)
+        return model if encoder is model.encoder else MusicTagger(encoder, model.head)
+    return _matmul_dft(model)
+
+
+def _matmul_dft(model):
+    """A ``MusicEncoder`` or musicnn ``PatchTagger`` (both keep their frontend's arguments under
+    ``frontend`` in their config) rebuilt with ``dft="matmul"``, its weights copied."""
+    if model.frontend.dft == "matmul":
         return model
-    config = encoder.get_config()
-    clone = MusicEncoder.from_config({**config, "frontend": {**config["frontend"], "dft": "matmul"}})
-    clone.set_weights(encoder.get_weights())
-    return MusicTagger(clone, model.head) if tagger else clone
+    config = model.get_config()
+    clone = type(model).from_config({**config, "frontend": {**config["frontend"], "dft": "matmul"}})
+    clone.set_weights(model.get_weights())
+    return clone
 
 
 def export_onnx(model, path):

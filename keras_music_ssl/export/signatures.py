@@ -105,7 +105,6 @@ def patch_endpoints(model, meta):
     """``tag`` and ``tag_track`` of a musicnn ``PatchTagger`` (no ``head``: module docstring)."""
     import tensorflow as tf
 
-    frontend = model.get_layer("frontend")
     clips_spec = [tf.TensorSpec([None, meta["clip_samples"]], tf.float32, name="waveform")]
     track_spec = [tf.TensorSpec([None], tf.float32, name="waveform")]
 
@@ -114,7 +113,7 @@ def patch_endpoints(model, meta):
         return {"probabilities": out["probabilities"], "embedding": out["penultimate"]}
 
     def tag_track(waveform):
-        patches, count = track_patches(waveform, model.num_frames, frontend.hop_length, frontend.n_fft,
+        patches, count = track_patches(waveform, model.num_frames, model.frontend.hop_length, model.frontend.n_fft,
                                        model.pad_mode)
         out = model(patches, training=False)
         return {"probabilities": tf.reduce_mean(out["probabilities"], axis=0),

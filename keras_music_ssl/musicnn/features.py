@@ -40,7 +40,7 @@ class PatchFeatures(FastInference, keras.Model):
             raise ValueError(f"features must be one of {FEATURES}, got {features!r}")
         tagger.trainable = False
         patch = tagger.num_samples
-        starts = patch_starts(int(num_samples), patch, tagger.num_frames * tagger.get_layer("frontend").hop_length)
+        starts = patch_starts(int(num_samples), patch, tagger.hop_samples)
         waveform = keras.Input((int(num_samples),), name="waveform")
         outputs = [tagger(waveform[:, start:start + patch])[features] for start in starts]
         mean = outputs[0] if len(outputs) == 1 else ops.mean(ops.stack(outputs, axis=1), axis=1)
@@ -55,8 +55,9 @@ class PatchFeatures(FastInference, keras.Model):
         return self.tagger.sample_rate
 
     def get_config(self):
-        return {"name": self.name, "trainable": self.trainable, "tagger": keras.saving.serialize_keras_object(self.tagger),
-                "num_samples": self.num_samples, "features": self.features}
+        return {"name": self.name, "trainable": self.trainable,
+                "tagger": keras.saving.serialize_keras_object(self.tagger), "num_samples": self.num_samples,
+                "features": self.features}
 
     @classmethod
     def from_config(cls, config):

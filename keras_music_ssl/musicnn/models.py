@@ -73,8 +73,17 @@ class PatchTagger(keras.Model):
         self.frontend_config = dict(frontend or {})
 
     @property
+    def frontend(self):
+        return self.get_layer("frontend")
+
+    @property
     def sample_rate(self):
-        return self.get_layer("frontend").sample_rate
+        return self.frontend.sample_rate
+
+    @property
+    def hop_samples(self):
+        """Samples between the starts of consecutive patches of a track (187 frames: 47,872)."""
+        return self.num_frames * self.frontend.hop_length
 
     @property
     def num_samples(self):
@@ -82,8 +91,7 @@ class PatchTagger(keras.Model):
 
     def patches(self, waveform):
         """(samples,) float32 at ``sample_rate`` -> (patches, num_samples): ``track.patches``."""
-        frontend = self.get_layer("frontend")
-        return track.patches(waveform, self.num_frames, frontend.hop_length, frontend.n_fft, self.pad_mode)
+        return track.patches(waveform, self.num_frames, self.frontend.hop_length, self.frontend.n_fft, self.pad_mode)
 
     def track(self, waveform, batch_size=16):
         """Tag a whole track (mono, ``sample_rate``, not normalised: musicnn uses the samples as
