@@ -69,7 +69,8 @@ def compare(out, methods=None, probe_dataset=None, protocol="paper", bootstrap=5
     probe_data = probe_dataset if isinstance(probe_dataset, ProbeData) else load_probe_dataset(
         probe_dataset, probe_options.pop("audio_dir", None))
     check_scorable(probe_data)
-    references = supervised_reference(reference, probe_options.get("weights_dir"))  # converted on first use: now
+    # Before any pretraining: a --reference typo is refused, musicnn's wheel fetched on first use.
+    references = supervised_reference(reference, probe_options.get("weights_dir"))
 
     os.makedirs(out, exist_ok=True)
     with storage.locked(out):

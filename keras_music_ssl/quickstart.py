@@ -44,6 +44,7 @@ def quickstart(out="outputs/quickstart", seed=0, data_dir=None, verbose=1, refer
     started = time.perf_counter()
     out = os.path.abspath(out)
     storage.check_output(out, "folder")  # before building the dataset and pretraining
+    references = supervised_reference(reference)  # likewise: a --reference typo is refused now
     _step(1, "the embedded dataset")
     dataset = embedded_dataset(DATASET_SIZE, seed, data_dir, progress=bool(verbose))
     counts = {s: len(dataset.split(s)) for s in ("train", "valid", "test")}
@@ -59,7 +60,7 @@ def quickstart(out="outputs/quickstart", seed=0, data_dir=None, verbose=1, refer
     encoder = MusicEncoder.from_preset(run["preset"])
     initial = same_config_floor(out, BUDGET["encoder"], seed)  # the encoder this run started from
     floors = ["random", *([initial[0]] if initial else []), "logmel-stats"]
-    models = [(method, encoder), "random", *([initial] if initial else []), *supervised_reference(reference)]
+    models = [(method, encoder), "random", *([initial] if initial else []), *references]
     results = run_probe(dataset.root, models, os.path.join(out, "probe"), seed=seed, progress=bool(verbose))
 
     _step(4, "exporting a TFLite tagger (raw 16 kHz audio in, tags out)")

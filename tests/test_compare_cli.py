@@ -42,6 +42,7 @@ def unscorable(tmp_path_factory):
     (["--probe-dataset", "{tmp}/nowhere"], "no such folder or file"),
     (["--probe-dataset", "{unscorable}"], "the test split (3 tracks) has no scorable tag"),
     (["--out", "{tmp}/a_file"], "is a file; name a folder"),
+    (["--reference", "{tmp}/nowhere"], "Unknown preset"),  # a typo, refused (an unreachable download is not)
 ])
 def test_bad_options_and_probe_datasets_are_refused_before_any_pretraining(args, message, dataset, unscorable,
                                                                           tmp_path, capsys, monkeypatch):
@@ -61,6 +62,20 @@ def test_bad_options_and_probe_datasets_are_refused_before_any_pretraining(args,
     err = capsys.readouterr().err.strip()
     assert len(err.splitlines()) == 1 and err.startswith("kmssl compare: ") and message in err, err
     assert not (tmp_path / "out").exists() and (tmp_path / "a_file").read_text() == "mine"
+
+
+@pytest.mark.backend_independent
+def test_quickstart_refuses_a_reference_that_is_no_preset_before_any_work(tmp_path, capsys, monkeypatch):
+    from keras_music_ssl.data import embedded
+
+    def no_dataset(*args, **kwargs):
+        raise AssertionError("the dataset was built")
+
+    monkeypatch.setattr(embedded, "embedded_dataset", no_dataset)
+    assert main(["quickstart", "--out", str(tmp_path / "out"), "--reference", str(tmp_path / "nowhere")]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and err.startswith("kmssl quickstart: Unknown preset"), err
+    assert not (tmp_path / "out").exists()
 
 
 # Runs `kmssl ARGV...` and SIGKILLs itself at KILL_AT: pretrain: once every callback (the run's

@@ -412,7 +412,7 @@ def test_patch_features_average_the_taggers_features_over_the_covering_patches(p
     np.testing.assert_array_equal(again.predict_on_batch(clips), got)
 
 
-def test_kmssl_probe_takes_a_musicnn_preset_as_a_supervised_reference(presets, tmp_path, capsys):
+def test_kmssl_probe_takes_a_musicnn_preset_as_a_supervised_reference(presets, tmp_path, capsys, monkeypatch):
     from probe_fixtures import split_sizes, write_generic
 
     from keras_music_ssl.cli import main
@@ -430,7 +430,13 @@ def test_kmssl_probe_takes_a_musicnn_preset_as_a_supervised_reference(presets, t
     assert probed.model.output_dim == 200 and results["models"]["musicnn_mtt"]["fingerprint"] == probed.fingerprint
     other = resolve_model(str(presets["vgg_mtt"]))
     assert other.model.output_dim == 256 and other.fingerprint != probed.fingerprint
-    # a reference that cannot be had is left out with its reason, not an error
+    # a reference that cannot be had (its download fails) is left out with its reason, not an error;
+    # a name that is no preset is the user's mistake, refused
     capsys.readouterr()
-    assert supervised_reference(str(tmp_path / "nowhere")) == [] and supervised_reference(None) == []
-    assert "the supervised reference" in capsys.readouterr().err
+    monkeypatch.setenv(WHEEL_ENV, str(tmp_path / "no-wheel-here.whl"))
+    assert supervised_reference("vgg_msd", weights_dir=tmp_path / "offline") == [] and supervised_reference(None) == []
+    assert "the supervised reference vgg_msd is left out:" in capsys.readouterr().err
+    from keras_music_ssl.presets import PresetNotFoundError
+
+    with pytest.raises(PresetNotFoundError):
+        supervised_reference(str(tmp_path / "nowhere"))

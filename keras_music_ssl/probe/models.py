@@ -74,15 +74,20 @@ REFERENCE = "musicnn_mtt"  # the supervised reference that compare and the quick
 def supervised_reference(name=REFERENCE, weights_dir=None):
     """``[ProbedModel]`` of the tagger preset ``name`` for a report, or ``[]`` (saying why on stderr) when
     it cannot be had: the first use downloads musicnn's wheel (``musicnn/release.py``), and a comparison
-    must not fail for want of its reference. ``name=None`` (``--reference none``): ``[]``."""
+    must not fail for want of its reference. ``name=None`` (``--reference none``): ``[]``. A name that
+    is no preset, or a preset that cannot be used, is the caller's mistake: its
+    ``PresetNotFoundError`` / ``PresetError`` is raised (one line, exit 2 in ``kmssl``)."""
     import sys
 
     from keras_music_ssl.errors import KmsslError
+    from keras_music_ssl.presets import PresetError, PresetNotFoundError
 
     if not name:
         return []
     try:
         return [resolve_model(name, weights_dir=weights_dir)]
-    except KmsslError as error:
+    except (PresetNotFoundError, PresetError):
+        raise
+    except KmsslError as error:  # a download or a conversion that failed: the report goes on
         print(f"the supervised reference {name} is left out: {str(error).splitlines()[0]}", file=sys.stderr)
         return []
