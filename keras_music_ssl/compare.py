@@ -68,7 +68,7 @@ def compare(out, methods=None, probe_dataset=None, protocol="paper", bootstrap=5
     # Loaded and checked now: a dataset that cannot be probed must not cost a pretraining per method.
     probe_data = probe_dataset if isinstance(probe_dataset, ProbeData) else load_probe_dataset(
         probe_dataset, probe_options.pop("audio_dir", None))
-    check_scorable(probe_data)
+    probe_data = check_scorable(probe_data)
     # Before any pretraining: a --reference typo is refused, musicnn's wheel fetched on first use.
     references = supervised_reference(reference, probe_options.get("weights_dir"))
 
@@ -116,6 +116,7 @@ def same_config_floor(run, encoder, seed):
 
 def _write_comparison(out, methods, base, protocol, bootstrap, runs, results, floors=FLOORS):
     from keras_music_ssl import storage
+    from keras_music_ssl.probe.report import task_table, task_verdicts
     from keras_music_ssl.probe.verdict import verdict
 
     rows = []
@@ -135,7 +136,10 @@ def _write_comparison(out, methods, base, protocol, bootstrap, runs, results, fl
                   "floors": floors, "references": [r["model"] for r in rows if r["kind"] == "reference"],
                   "probe_dataset": results["dataset"], "protocol": protocol, "bootstrap": bootstrap,
                   "tracks": results["models"][methods[0]]["tracks"], "rows": rows,
-                  "verdicts": {m: verdict(tests, m, floors) for m in methods}}
+                  "verdicts": {m: verdict(tests, m, floors) for m in methods},
+                  "tasks": list(results.get("tasks") or [results.get("task", "tags")]),
+                  "task_table": task_table(results),
+                  "task_verdicts": {m: task_verdicts(results, m, floors) for m in methods}}
     storage.write_json(os.path.join(out, "comparison.json"), comparison)
     storage.write_text(os.path.join(out, "comparison.md"), comparison_table(comparison) + "\n")
     _figures(out, comparison, runs)
@@ -160,6 +164,10 @@ def comparison_table(comparison):
     if verdicts:
         lines += ["", "Test macro ROC-AUC against each floor (paired bootstrap over the same test resamples):", ""]
         lines += [f"- {text}" for text in verdicts.values()]
+    if len(comparison.get("tasks") or ()) > 1:  # the rows above are the main task's
+        lines += ["", f"Every task ({', '.join(comparison['tasks'])}):", "", comparison["task_table"], ""]
+        lines += [f"- [{task}] {text}" for by_task in comparison["task_verdicts"].values()
+                  for task, text in by_task.items() if task != comparison["tasks"][0]]
     return "\n".join(lines)
 
 

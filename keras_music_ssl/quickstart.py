@@ -3,18 +3,20 @@
 
 1. build the rendered dataset (``small``: real scores played with a General MIDI SoundFont);
 2. pretrain an encoder (contrastive, the budget below) on its train split;
-3. probe it on the test split's instrument tags beside the floors (``medium-init``: the encoder
-   this run started from; ``random``: the paper's encoder at random init; ``logmel-stats``) and a
-   supervised reference, musicnn's MagnaTagATune tagger (``musicnn_mtt``: the one download,
-   musicnn's wheel from PyPI, on first use; left out with a note when it cannot be had);
+3. probe it on the test split's three tasks (instrument tags, style, tempo) beside the floors
+   (``medium-init``: the encoder this run started from; ``random``: the paper's encoder at
+   random init; ``logmel-stats``) and a supervised reference, musicnn's MagnaTagATune tagger
+   (``musicnn_mtt``: the one download, musicnn's wheel from PyPI, on first use; left out with a
+   note when it cannot be had);
 4. export a TFLite tagger (the encoder + the probe's head, raw audio in);
 5. tag one test clip with that file through ``kmssl tag``;
 6. print the results and where everything is.
 
 The budget is the one ``benchmarks/quickstart_budget.py`` found to beat the handcrafted floor
 within 20 minutes on 2 CPU cores; on the ``medium`` set it only ties the floors (its table is
-in the README). The verdict line says what this run found against each floor, and which
-differences are beyond the test split's noise (``probe/verdict.py``).
+in the README). One verdict line per task says what this run found against each floor, and
+which differences are beyond the test split's noise (``probe/verdict.py``): pretraining can
+help one task and hurt another.
 """
 
 import os
@@ -38,6 +40,7 @@ def quickstart(out="outputs/quickstart", seed=0, data_dir=None, verbose=1, refer
     from keras_music_ssl.errors import KmsslError
     from keras_music_ssl.probe import run_probe
     from keras_music_ssl.probe.models import supervised_reference
+    from keras_music_ssl.probe.report import task_table, task_verdicts, task_views
     from keras_music_ssl.probe.verdict import verdict
     from keras_music_ssl.train import pretrain
 
@@ -56,7 +59,9 @@ def quickstart(out="outputs/quickstart", seed=0, data_dir=None, verbose=1, refer
     _step(2, f"pretraining {method}, {BUDGET['encoder']} encoder, {steps} steps x batch {BUDGET['batch_size']}")
     run = pretrain(out, data_dir=data_dir, verbose=verbose, seed=seed, dataset_size=DATASET_SIZE, **BUDGET)
 
-    _step(3, "probing on the test split's tags, beside the floors" + (f" and {reference}" if reference else ""))
+    tasks = ", ".join(task.name for task in dataset.tasks)
+    _step(3, f"probing on the test split's tasks ({tasks}), beside the floors"
+          + (f" and {reference}" if reference else ""))
     encoder = MusicEncoder.from_preset(run["preset"])
     initial = same_config_floor(out, BUDGET["encoder"], seed)  # the encoder this run started from
     floors = ["random", *([initial[0]] if initial else []), "logmel-stats"]
@@ -87,6 +92,14 @@ def quickstart(out="outputs/quickstart", seed=0, data_dir=None, verbose=1, refer
                "test": {name: {"roc_auc": t["roc_auc_macro"]["point"], "roc_auc_ci95": t["roc_auc_macro"]["ci95"],
                                "pr_auc": t["pr_auc_macro"]["point"]} for name, t in rows.items()},
                "verdict": verdict(rows, method, floors),
+               "tasks": {task: {name: {"roc_auc": r["test"]["roc_auc_macro"]["point"],
+                                       "roc_auc_ci95": r["test"]["roc_auc_macro"]["ci95"],
+                                       **({"accuracy": r["test"]["accuracy"]["point"]} if "accuracy" in r["test"]
+                                          else {})}
+                                for name, r in view["models"].items()}
+                         for task, view in task_views(results)},
+               "task_table": task_table(results),
+               "task_verdicts": task_verdicts(results, method, floors),
                "reference_verdicts": {name: verdict(rows, name, [method]) for name in rows
                                       if name not in (method, *floors)},
                "preset": run["preset"], "tagger": tagger, "probe_report": os.path.join(out, "probe", "results.md")}
@@ -108,6 +121,12 @@ def _print_summary(summary, method):
         low, high = t["roc_auc_ci95"]
         print(f"| {name} | {t['roc_auc']:.3f} | [{low:.3f}, {high:.3f}] | {t['pr_auc']:.3f} |")
     print(f"\npretrained {summary['verdict']}")
+    if len(summary.get("tasks", {})) > 1:
+        print("\nEvery task of the dataset (test macro ROC-AUC [95 % CI]; accuracy for single-label tasks):\n")
+        print(summary["task_table"])
+        print()
+        for task, text in summary["task_verdicts"].items():
+            print(f"{task}: {text}")
     print("(beyond the noise: the paired bootstrap interval of the difference excludes 0; within: the test "
           "split cannot tell them apart)")
     for text in summary["reference_verdicts"].values():

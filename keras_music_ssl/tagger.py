@@ -26,7 +26,8 @@ class TagHead(keras.layers.Layer):
     Dense(h, no bias) -> BatchNorm -> ReLU (the authors' Head, ``batch_norm=True``), or
     Dense(h) -> ReLU (``batch_norm=False``, MARBLE's MLP), each followed by ``Dropout(dropout)``.
     ``use_bias=False`` is the authors' Head (every Linear is bias-free). ``activation="sigmoid"``
-    gives independent tag probabilities; ``None`` returns logits (for a loss on logits).
+    gives independent tag probabilities, ``"softmax"`` one distribution over classes (a
+    single-label task); ``None`` returns logits (for a loss on logits).
     ``standardize=True`` holds a per-feature ``(x - mean) / std`` (non-trainable, set with
     :meth:`set_standardization` from training features), so a probe trained on standardised
     embeddings takes raw embeddings once saved or exported.
@@ -41,8 +42,8 @@ class TagHead(keras.layers.Layer):
         duplicated = sorted({tag for tag in tags if tags.count(tag) > 1})
         if duplicated:
             raise ValueError(f"Tag names must be unique; repeated: {duplicated}")
-        if activation not in ("sigmoid", None):
-            raise ValueError(f"activation must be 'sigmoid' or None, got {activation!r}")
+        if activation not in ("sigmoid", "softmax", None):
+            raise ValueError(f"activation must be 'sigmoid', 'softmax' or None, got {activation!r}")
         if not 0.0 <= float(dropout) < 1.0:
             raise ValueError(f"dropout must be in [0, 1), got {dropout}")
         self.tags = tags
@@ -92,6 +93,8 @@ class TagHead(keras.layers.Layer):
             if self.drop is not None:
                 x = self.drop(x, training=training)
         x = self.logits(x)
+        if self.activation == "softmax":
+            return keras.ops.softmax(x, axis=-1)
         return keras.ops.sigmoid(x) if self.activation == "sigmoid" else x
 
     def compute_output_shape(self, input_shape):

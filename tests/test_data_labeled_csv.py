@@ -66,3 +66,38 @@ def test_written_datasets_read_back_and_leave_no_temporary(tmp_path):
     data = write_labeled_dataset(tmp_path / "d", rows, ["rock"])
     assert data.rows[0]["note"] == 'a "quoted", comma'
     assert sorted(p.name for p in (tmp_path / "d").iterdir()) == ["metadata.csv", "tags.txt"]
+
+
+TASKS = '{"genre": {"column": "tags", "type": "multi-label"}, "mood": {"column": "mood", "type": "single-label"}}'
+
+
+def test_tasks_json_names_the_tasks_in_order_with_their_classes(tmp_path):
+    root = dataset(tmp_path, "path,split,tags,mood\na.wav,train,rock,sad\nb.wav,test,jazz;rock,\nc.wav,valid,,happy\n")
+    (root / "tasks.json").write_text(TASKS)
+    data = read_labeled_dataset(root)
+    assert [(t.name, t.type, t.column) for t in data.tasks] == [("genre", "multi-label", "tags"),
+                                                                ("mood", "single-label", "mood")]
+    assert data.task("genre").classes == ("rock", "jazz")  # tags.txt order
+    assert data.task("mood").classes == ("happy", "sad")  # sorted values found
+    labels, labelled = data.task("mood").labels(data.rows)
+    assert labels.tolist() == [[0, 1], [0, 0], [1, 0]] and labelled.tolist() == [True, False, True]
+    assert data.split("test").tasks == data.tasks
+    # without tasks.json: the one `tags` task of older datasets
+    (root / "tasks.json").unlink()
+    assert [(t.name, t.classes) for t in read_labeled_dataset(root).tasks] == [("tags", ("rock", "jazz"))]
+
+
+@pytest.mark.parametrize("tasks,message", [
+    ('{"a b": {"column": "tags", "type": "multi-label"}}', "task name 'a b'"),
+    ('{"mood": {"column": "mood", "type": "regression"}}', "needs \"column\" and \"type\""),
+    ('{"mood": {"column": "mood", "type": "single-label", "classes": ["sad", "sad"]}}', "distinct"),
+    ('{"mood": {"column": "mood", "type": "single-label", "classes": ["happy"]}}', "metadata.csv:2: task 'mood'"),
+    ('{"mood": {"column": "colour", "type": "single-label"}}', "missing column(s) ['colour']"),
+    ('[1]', "tasks.json: expected a non-empty object"),
+])
+def test_a_broken_tasks_json_is_one_line_naming_the_file(tmp_path, tasks, message):
+    root = dataset(tmp_path, "path,split,tags,mood\na.wav,train,rock,sad\n")
+    (root / "tasks.json").write_text(tasks)
+    with pytest.raises(CsvFileError) as error:
+        read_labeled_dataset(root)
+    assert message in str(error.value) and len(str(error.value).splitlines()) == 1

@@ -110,3 +110,31 @@ def test_every_style_lists_scores_but_no_analyses_or_whole_collections():
     numbered = {w.source for w in works if w.number}
     assert not any(w.source in numbered and not w.number for w in works)
     assert len({w.id for w in works}) == len(works)
+
+
+def test_tasks_are_instruments_style_and_tempo_and_an_older_build_gains_them(tiny, tmp_path):
+    import csv
+    import shutil
+
+    from keras_music_ssl.data.embedded import embedded_dataset
+
+    assert [(t.name, t.type) for t in tiny.tasks] == [("instruments", "multi-label"), ("style", "single-label"),
+                                                      ("tempo", "single-label")]
+    assert tiny.task("style").classes == SIZES["tiny"]["styles"]
+    for row in tiny.rows:  # the tempo class from the tempo the MIDI file was rendered at
+        qpm = pretty_midi.PrettyMIDI(os.path.join(tiny.root, row["midi"])).get_tempo_changes()[1][0]
+        assert float(row["qpm"]) == pytest.approx(qpm, abs=0.01)
+        assert row["tempo"] == ("slow" if qpm < 108 else "moderate" if qpm < 135 else "fast")
+    # A build from before tasks.json (no qpm/tempo columns) gets the same labels from its MIDI files.
+    old = tmp_path / "rendered-tiny-seed0"
+    shutil.copytree(tiny.root, old, ignore=shutil.ignore_patterns("audio", ".cache"))
+    os.remove(old / "tasks.json")
+    with open(old / "metadata.csv", newline="") as f:
+        rows = [{k: v for k, v in r.items() if k not in ("qpm", "tempo")} for r in csv.DictReader(f)]
+    with open(old / "metadata.csv", "w", newline="") as f:
+        writer = csv.DictWriter(f, list(rows[0]))
+        writer.writeheader()
+        writer.writerows(rows)
+    migrated = embedded_dataset("tiny", 0, str(tmp_path), progress=False)
+    assert [t.name for t in migrated.tasks] == ["instruments", "style", "tempo"]
+    assert migrated.column("tempo") == tiny.column("tempo")

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 from probe_fixtures import SOURCE_TAGS, split_sizes, write_generic, write_jamendo, write_mtat
-from keras_music_ssl.probe.datasets import (MTAT_TAGS, ProbeDataError, load_probe_dataset,
+from keras_music_ssl.probe.datasets import (MTAT_TAGS, ProbeDataError, jamendo_tsv, load_probe_dataset,
                                             read_string_list)
 
 pytestmark = pytest.mark.backend_independent
@@ -142,3 +142,21 @@ def test_a_split_left_empty_is_a_clear_error(tmp_path):
 def test_bad_dataset_arguments_say_what_is_expected(spec, message):
     with pytest.raises(ProbeDataError, match=message):
         load_probe_dataset(spec)
+
+
+def test_jamendo_subsets_are_tasks_of_one_dataset_and_each_track_is_one_row(tmp_path):
+    write_jamendo(tmp_path, seconds=1.0, sizes=SIZES)
+    write_jamendo(tmp_path, subset="instrument", seconds=1.0, sizes=SIZES, seed=1)  # same tracks, other tags
+    data = load_probe_dataset(f"jamendo:{tmp_path}").dataset
+    assert [t.name for t in data.tasks] == ["top50tags", "instrument"]
+    assert len(data) == sum(SIZES.values())  # merged by TRACK_ID, not one row per subset
+    single = load_probe_dataset(f"jamendo:{tmp_path}:instrument").dataset
+    by_track = {row["track_id"]: row["tags"] for row in single.rows}
+    assert all(row["instrument"] == by_track[row["track_id"]] for row in data.rows)
+    assert [t.name for t in load_probe_dataset(f"jamendo:{tmp_path}:instrument+top50tags").dataset.tasks] == \
+        ["instrument", "top50tags"]
+    test_tracks = open(jamendo_tsv(str(tmp_path), "instrument", 0, "test")).read()
+    with open(jamendo_tsv(str(tmp_path), "instrument", 0, "valid"), "w") as f:
+        f.write(test_tracks)  # instrument's test tracks now in its valid split: the subsets disagree
+    with pytest.raises(ProbeDataError, match="splits disagree"):
+        load_probe_dataset(f"jamendo:{tmp_path}")

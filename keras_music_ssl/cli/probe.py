@@ -1,6 +1,6 @@
 """kmssl probe: frozen embeddings -> MLP probe -> ROC/PR-AUC with a bootstrap, for several models.
 
-    kmssl probe DATASET --model M [--model M2 ...] --out DIR [--protocol paper|marble]
+    kmssl probe DATASET --model M [--model M2 ...] --out DIR [--task NAME ...] [--protocol paper|marble]
                 [--fractions [F ...]] [--bootstrap 50] [--seed 0] [--no-baseline]
 
 DATASET: a folder in the generic format (or its metadata.csv), ``mtat:ROOT``, or
@@ -8,7 +8,9 @@ DATASET: a folder in the generic format (or its metadata.csv), ``mtat:ROOT``, or
 ``logmel-stats`` (always added unless ``--no-baseline``), or a tagger preset (``musicnn_mtt``, ...:
 its ``penultimate`` features, a supervised reference). The preset of a ``kmssl pretrain`` run
 folder brings the run's initial encoder (``RUN/initial``, named ``initial``) as the floor of its
-own configuration, and the verdict against each floor is printed under the table. Exit status 0
+own configuration, and the verdict against each floor is printed under the table. A dataset
+with several tasks (``tasks.json``; MTG-Jamendo's subsets) is embedded once and probed per task
+(``--task`` keeps some), with a table and verdicts per task. Exit status 0
 on success, 2 with a one-line reason on bad input.
 """
 
@@ -41,6 +43,9 @@ def add_arguments(parser):
     parser.add_argument("--out", required=True, metavar="DIR",
                         help="report folder: results.json/.csv/.md, bootstrap.png, fractions.png, "
                              "predictions/, heads/")
+    parser.add_argument("--task", action="append", default=None, metavar="NAME",
+                        help="probe only this task of the dataset (repeatable; default: every task; the first "
+                             "named is the report's main task)")
     parser.add_argument("--protocol", default="paper", choices=("paper", "marble"),
                         help="paper: the authors' linear head and loss; marble: MARBLE's 512-unit MLP (default paper)")
     parser.add_argument("--fractions", nargs="*", type=float, default=None, metavar="F",
@@ -94,7 +99,7 @@ def run(args):
     from keras_music_ssl.probe.datasets import ProbeDataError
     from keras_music_ssl.probe.fractions import DEFAULT_FRACTIONS
     from keras_music_ssl.probe.harness import check_options, default_cache_dir, run_probe
-    from keras_music_ssl.probe.report import markdown_table
+    from keras_music_ssl.probe.report import markdown_table, task_views
     from keras_music_ssl.probe.verdict import verdict
 
     fractions = args.fractions
@@ -109,15 +114,16 @@ def run(args):
         results = run_probe(args.dataset, specs, args.out, protocol=args.protocol, fractions=fractions,
                             draws=args.draws, bootstrap=args.bootstrap, seed=args.seed, baseline=not args.no_baseline,
                             cache_dir=args.cache_dir, embed_batch_size=args.batch_size, eval_chunks=args.eval_chunks,
-                            weights_dir=args.weights_dir, audio_dir=args.audio_dir, hidden_units=args.hidden_units,
-                            epochs=args.epochs)
+                            weights_dir=args.weights_dir, audio_dir=args.audio_dir, tasks=args.task,
+                            hidden_units=args.hidden_units, epochs=args.epochs)
     except (KmsslError, ProbeDataError) as error:  # ProbeDataError: named until it is a KmsslError
         return _fail(str(error).splitlines()[0] if str(error) else type(error).__name__)
     print(markdown_table(results))
-    names, tests = list(results["models"]), {name: r["test"] for name, r in results["models"].items()}
-    for trained, initial in pairs:  # the harness keeps the order of the models it was given
-        floors = [names[initial]] + [f for f in ("random", "logmel-stats") if f in tests]
-        print(verdict(tests, names[trained], floors))
+    for task, view in task_views(results):
+        names, tests = list(view["models"]), {name: r["test"] for name, r in view["models"].items()}
+        for trained, initial in pairs:  # the harness keeps the order of the models it was given
+            floors = [names[initial]] + [f for f in ("random", "logmel-stats") if f in tests]
+            print(("" if len(results["tasks"]) == 1 else f"[{task}] ") + verdict(tests, names[trained], floors))
     print(f"report -> {args.out}/results.md, results.json, bootstrap.png"
           + (", fractions.png" if fractions else ""))
     return 0

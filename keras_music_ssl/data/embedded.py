@@ -22,6 +22,11 @@ def embedded_dataset(size="small", seed=0, data_dir=None, progress=True):
     """The rendered dataset of ``size`` and ``seed`` (a :class:`LabeledDataset`), built if missing."""
     root = os.path.join(data_dir or default_data_dir(), f"rendered-{size}-seed{seed}")
     if os.path.exists(os.path.join(root, "build.json")):
+        if not os.path.exists(os.path.join(root, "tasks.json")):  # built before 0.8: labels its tempo
+            from keras_music_ssl.data.rendered import add_tasks
+
+            with open(os.path.join(root, "styles.txt")) as f:
+                return add_tasks(root, [line.strip() for line in f if line.strip()])
         return read_labeled_dataset(root)
     from keras_music_ssl.data.rendered import build_rendered_dataset
 

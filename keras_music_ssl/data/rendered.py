@@ -7,7 +7,14 @@ Every clip is re-orchestrated at random, so its tags are known exactly:
 
 - ``tags``: the instrument families that actually sound in the clip (see :data:`FAMILIES`)
   plus ``drums`` when a GM drum kit plays the score's beat grid;
-- ``style``: the corpus folder the work came from (``bach``, ``oneills1850``, ...).
+- ``style``: the corpus folder the work came from (``bach``, ``oneills1850``, ...);
+- ``tempo``: ``slow``, ``moderate`` or ``fast``: the rendered quarter notes per minute (``qpm``,
+  the score's mark, 120 where it has none, times the clip's tempo factor) below 108, below 135,
+  or above. Exact for the rendering; the beat a listener taps may be another note value.
+
+These three are the dataset's tasks (``tasks.json``): ``instruments`` (multi-label, the ``tags``
+column), ``style`` and ``tempo`` (single-label). Key and mode are not labelled: music21 only
+estimates them.
 
 Build (``shared/data.md``):
 
@@ -23,7 +30,7 @@ Build (``shared/data.md``):
 
 Splits are by work (no piece in two splits), about 80/10/10 within each style. The output is
 the generic labeled format of ``data/labeled_csv.py`` (``metadata.csv`` + ``tags.txt``) with
-extra columns ``instruments`` (family:program per part), ``tempo_factor``, ``start`` (seconds
+extra columns ``instruments`` (family:program per part), ``tempo_factor``, ``qpm``, ``start`` (seconds
 into the work's first bars) and ``source`` (corpus path#number).
 
 These are real compositions played by sampled instruments: enough to pretrain and probe for
@@ -51,6 +58,7 @@ SAMPLE_RATE = 16000
 BARS = 32
 STAGE1_VERSION = 1
 TEMPO_FACTORS = (0.8, 1.0, 1.25)
+TEMPO_CLASSES = (("slow", 108.0), ("moderate", 135.0), ("fast", float("inf")))  # class, qpm below
 DRUM_PROBABILITY = 0.35
 MAX_PARTS = 15  # MIDI channels 0-15 minus the drum channel 9
 
@@ -279,6 +287,35 @@ def _clip_midi(score, rng, clip_seconds):
     return midi, {"tempo_factor": factor, "start": round(start, 4), "instruments": ";".join(instruments)}
 
 
+def tempo_class(qpm):
+    qpm = round(float(qpm), 2)  # MIDI stores microseconds per quarter: 135 may read back as 134.99999
+    return next(name for name, below in TEMPO_CLASSES if qpm < below)
+
+
+def tasks(styles):
+    """The ``tasks.json`` of a build over ``styles``."""
+    return {"instruments": {"column": "tags", "type": "multi-label"},
+            "style": {"column": "style", "type": "single-label", "classes": list(styles)},
+            "tempo": {"column": "tempo", "type": "single-label", "classes": [name for name, _ in TEMPO_CLASSES]}}
+
+
+def add_tasks(root, styles):
+    """Give a build made before ``tasks.json`` existed its ``qpm`` / ``tempo`` columns (read from its
+    MIDI files) and tasks; returns the :class:`LabeledDataset`."""
+    import pretty_midi
+
+    from keras_music_ssl.data.labeled_csv import read_labeled_dataset
+
+    dataset = read_labeled_dataset(root)
+    rows = []
+    for row in dataset.rows:
+        if not row.get("qpm"):
+            qpm = float(pretty_midi.PrettyMIDI(os.path.join(root, row["midi"])).get_tempo_changes()[1][0])
+            row = {**row, "qpm": f"{qpm:.2f}", "tempo": tempo_class(qpm)}
+        rows.append(row)
+    return write_labeled_dataset(root, rows, dataset.tags, tasks(styles))
+
+
 def clip_tags(midi):
     """The tags of a clip: the family of every instrument that plays a note, plus ``drums``."""
     return sorted({inst.name for inst in midi.instruments if inst.notes}, key=TAGS.index)
@@ -341,7 +378,9 @@ def _stage2(job, out, cache_dir, clip_seconds, seed):
     sf.write(os.path.join(out, audio_path), 0.9 * audio / peak, SAMPLE_RATE, format="FLAC", subtype="PCM_16")
     midi.write(os.path.join(out, midi_path))
     source = work.source + (f"#{work.number}" if work.number else "")
+    qpm = score["qpm"] * info["tempo_factor"]
     return {"path": audio_path, "split": split, "tags": ";".join(clip_tags(midi)), "style": work.style,
+            "qpm": f"{qpm:.2f}", "tempo": tempo_class(qpm),
             "work": work.id, "duration": f"{clip_seconds:g}", "midi": midi_path, "source": source, **info}
 
 
@@ -419,7 +458,7 @@ def build_rendered_dataset(out, size="tiny", seed=0, workers=None, cache_dir=Non
                      disable=not progress))
     silent = sum(row is None for row in rows)
     rows = [row for row in rows if row is not None]
-    dataset = write_labeled_dataset(out, rows, TAGS)
+    dataset = write_labeled_dataset(out, rows, TAGS, tasks(config["styles"]))
     with open(os.path.join(out, "styles.txt"), "w") as f:
         f.write("".join(f"{style}\n" for style in config["styles"]))
     summary = {"size": size, "seed": seed, "config": config, "clips": len(rows), "works": len(works),

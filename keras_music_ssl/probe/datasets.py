@@ -11,8 +11,9 @@
   (:data:`MTAT_TAGS`). The ``.cP`` files are pickles: they are read by an unpickler that builds
   only lists/tuples of strings and refuses everything else before it runs;
 - ``jamendo:ROOT[:SUBSET[:SPLIT]]``: MTG-Jamendo from the official TSVs in
-  ``ROOT/data/splits/split-SPLIT/`` (SUBSET ``top50tags`` (default), ``instrument``, ``moodtheme``,
-  ``genre`` or ``all``; SPLIT 0-4, default 0 as in the paper). Columns TRACK_ID, ARTIST_ID,
+  ``ROOT/data/splits/split-SPLIT/`` (SUBSET ``top50tags``, ``instrument``, ``moodtheme``,
+  ``genre`` or ``all``, or several joined by ``+``, each then a task; default: ``top50tags`` and
+  every other of the four subsets present, as tasks; SPLIT 0-4, default 0 as in the paper). Columns TRACK_ID, ARTIST_ID,
   ALBUM_ID, PATH, DURATION, then one ``category---tag`` per column. Tags are the bare names
   (unambiguous in every subset, spec §8.2), ordered by their full ``category---tag`` name, so
   the order is fixed and equals the official ``data/tags/top50.txt`` grouping (genre,
@@ -21,8 +22,10 @@
   stands in for a missing ``.mp3``.
 
 Validation (the same for every source) drops and counts: rows whose audio file is missing,
-unknown tags (the row keeps its known ones), rows left without any tag (the MTAT split drops
-them too); a split left empty is an error (:class:`ProbeDataError`) that says why.
+unknown tags (the row keeps its known ones), rows left without a label in any task (the MTAT
+split drops them too); a split left empty is an error (:class:`ProbeDataError`) that says why.
+The report counts each task's labelled rows per split (the harness refuses, or leaves out, a
+task that cannot be scored).
 """
 
 import collections
@@ -33,7 +36,7 @@ import pickle
 
 import numpy as np
 
-from keras_music_ssl.data.labeled_csv import SPLITS, LabeledDataset, read_labeled_dataset, split_tags
+from keras_music_ssl.data.labeled_csv import SPLITS, LabeledDataset, Task, read_labeled_dataset
 from keras_music_ssl.errors import KmsslError
 
 # jongpillee/music_dataset_split MTAT_split/top50_tags.txt: the column order of y_*_pub.npy.
@@ -130,20 +133,8 @@ def jamendo_tsv(root, subset, split_index, split):
     return os.path.join(root, "data", "splits", f"split-{split_index}", f"{prefix}-{JAMENDO_SPLITS[split]}.tsv")
 
 
-def read_jamendo(root, subset="top50tags", split_index=0, audio_dir=None):
-    """MTG-Jamendo (one subset, one of the five official splits) -> ``LabeledDataset``."""
-    root = os.path.abspath(os.fspath(root))
-    if subset not in JAMENDO_SUBSETS:
-        raise ProbeDataError(f"jamendo subset must be one of {JAMENDO_SUBSETS}, got {subset!r}")
-    if str(split_index) not in ("0", "1", "2", "3", "4"):
-        raise ProbeDataError(f"jamendo split must be 0-4, got {split_index!r}")
-    if audio_dir:
-        audio_root = os.path.abspath(audio_dir)
-    else:
-        candidates = [os.path.join(root, "raw_30s", "audio"), os.path.join(root, "audio"), root]
-        if subset == "moodtheme":
-            candidates.insert(0, os.path.join(root, "autotagging_moodtheme", "audio"))
-        audio_root = _first_dir(*candidates)
+def _jamendo_rows(root, subset, split_index, audio_root):
+    """``(rows, full tag names)`` of one subset's three TSVs."""
     rows, full_names = [], {}
     for split in SPLITS:
         path = jamendo_tsv(root, subset, split_index, split)
@@ -170,16 +161,74 @@ def read_jamendo(root, subset="top50tags", split_index=0, audio_dir=None):
                 audio = low if os.path.exists(os.path.join(audio_root, low)) else audio
             rows.append({"path": audio, "split": split, "tags": ";".join(dict.fromkeys(tags)),
                          "work": fields[2], "duration": fields[4], "track_id": fields[0]})
-    tags = sorted(full_names, key=lambda bare: full_names[bare])
-    return LabeledDataset(audio_root, tags, rows)
+    return rows, full_names
+
+
+def _by_category(full_names):
+    return sorted(full_names, key=lambda bare: full_names[bare])
+
+
+def read_jamendo(root, subset=None, split_index=0, audio_dir=None):
+    """MTG-Jamendo (one of the five official splits) -> ``LabeledDataset``.
+
+    ``subset``: one subset, a ``+``-joined list of them, or None: every subset among
+    ``top50tags`` (required), ``genre``, ``instrument`` and ``moodtheme`` whose files exist. Several
+    subsets are the tasks of one dataset (a track is embedded once); the first one's tags are
+    the ``tags`` column.
+    """
+    root = os.path.abspath(os.fspath(root))
+    if subset is None:
+        subsets = ["top50tags"] + [s for s in ("genre", "instrument", "moodtheme")
+                                   if os.path.isfile(jamendo_tsv(root, s, split_index, "train"))]
+    else:
+        subsets = list(dict.fromkeys(subset.split("+")))
+    for name in subsets:
+        if name not in JAMENDO_SUBSETS:
+            raise ProbeDataError(f"jamendo subset must be one of {JAMENDO_SUBSETS} (or several joined by +), "
+                                 f"got {name!r}")
+    if str(split_index) not in ("0", "1", "2", "3", "4"):
+        raise ProbeDataError(f"jamendo split must be 0-4, got {split_index!r}")
+    if audio_dir:
+        audio_root = os.path.abspath(audio_dir)
+    else:
+        candidates = [os.path.join(root, "raw_30s", "audio"), os.path.join(root, "audio"), root]
+        if subsets == ["moodtheme"]:
+            candidates.insert(0, os.path.join(root, "autotagging_moodtheme", "audio"))
+        audio_root = _first_dir(*candidates)
+    if len(subsets) == 1:
+        rows, full_names = _jamendo_rows(root, subsets[0], split_index, audio_root)
+        return LabeledDataset(audio_root, _by_category(full_names), rows)
+    merged, tasks = {}, []
+    for i, name in enumerate(subsets):
+        rows, full_names = _jamendo_rows(root, name, split_index, audio_root)
+        column = "tags" if i == 0 else name
+        for row in rows:
+            track = merged.setdefault(row["track_id"], {**row, "tags": ""})
+            if track["split"] != row["split"]:
+                raise ProbeDataError(f"jamendo: {row['track_id']} is in {track['split']} for {subsets[0]} but in "
+                                     f"{row['split']} for {name}: the subsets' splits disagree")
+            track[column] = row["tags"]
+        tasks.append(Task(name, "multi-label", column, tuple(_by_category(full_names))))
+    return LabeledDataset(audio_root, list(tasks[0].classes), list(merged.values()), tuple(tasks))
 
 
 # --- any source ----------------------------------------------------------------------------------
 
+def select_tasks(dataset, names):
+    """``dataset`` with only the tasks ``names`` (in that order; None or empty: all)."""
+    if not names:
+        return dataset
+    known = [task.name for task in dataset.tasks]
+    unknown = [name for name in names if name not in known]
+    if unknown:
+        raise ProbeDataError(f"--task {unknown[0]!r}: the dataset has the task(s) {known}")
+    return dataset.replace(task_list=tuple(dataset.task(name) for name in dict.fromkeys(names)))
+
+
 def validate(dataset):
-    """``(clean LabeledDataset, report)``: drops rows with missing audio or no known tag, strips
-    unknown tags; raises :class:`ProbeDataError` if a split ends up empty."""
-    known = set(dataset.tags)
+    """``(clean LabeledDataset, report)``: drops rows with missing audio or no known label in any
+    task, strips unknown tags; raises :class:`ProbeDataError` if a split ends up empty."""
+    tasks = dataset.tasks
     counts, examples = collections.Counter(), collections.defaultdict(list)
     unknown_tags = collections.Counter()
     rows = []
@@ -193,33 +242,41 @@ def validate(dataset):
         if row["split"] not in SPLITS:
             drop("unknown_split", row)
             continue
-        tags = split_tags(row["tags"])
-        unknown = [t for t in tags if t not in known]
-        unknown_tags.update(unknown)
+        cleaned, labelled = row, False
+        for task in tasks:
+            values = task.values(row)
+            kept = [v for v in values if v in task.classes]
+            unknown_tags.update(v if len(tasks) == 1 else f"{task.name}:{v}" for v in values if v not in kept)
+            if len(kept) != len(values):
+                cleaned = {**cleaned, task.column: ";".join(kept)}
+            labelled = labelled or bool(kept)
         if not os.path.isfile(os.path.join(dataset.root, row["path"])):
             drop("missing_audio", row)
             continue
-        kept = [t for t in tags if t in known]
-        if not kept:
+        if not labelled:
             drop("no_tags", row)
             continue
-        rows.append({**row, "tags": ";".join(kept)} if unknown else row)
-    clean = LabeledDataset(dataset.root, list(dataset.tags), rows)
+        rows.append(cleaned)
+    clean = dataset.replace(rows=rows)
     sizes = {split: len(clean.split(split)) for split in SPLITS}
     report = {"rows": len(dataset.rows), "kept": len(rows), "splits": sizes,
               "dropped": dict(counts), "examples": dict(examples),
-              "unknown_tags": dict(unknown_tags)}
+              "unknown_tags": dict(unknown_tags), "tasks": {}}
     if not rows:
         raise ProbeDataError(f"{dataset.root}: no usable row left ({len(dataset.rows)} read; dropped {dict(counts)})")
     empty = [split for split, size in sizes.items() if size == 0]
     if empty:
         raise ProbeDataError(f"{dataset.root}: split(s) {empty} empty after validation "
                              f"(kept {sizes}; dropped {dict(counts)})")
+    for task in tasks:  # a task unlabelled in a split is refused or left out by the harness
+        per_split = {split: int(task.labels(clean.split(split).rows)[1].sum()) for split in SPLITS}
+        report["tasks"][task.name] = {"type": task.type, "classes": len(task.classes), "labelled": per_split}
     return clean, report
 
 
-def load_probe_dataset(spec, audio_dir=None):
-    """A :class:`ProbeData` from a ``kmssl probe`` DATASET argument (module docstring)."""
+def load_probe_dataset(spec, audio_dir=None, tasks=None):
+    """A :class:`ProbeData` from a ``kmssl probe`` DATASET argument (module docstring); ``tasks``:
+    the task names to keep (default: all)."""
     spec = os.fspath(spec)
     if spec.startswith("mtat:"):
         dataset = read_mtat(spec[len("mtat:"):], audio_dir)
@@ -227,8 +284,8 @@ def load_probe_dataset(spec, audio_dir=None):
         parts = spec[len("jamendo:"):].split(":")
         if not parts[0] or len(parts) > 3:
             raise ProbeDataError(f"expected jamendo:ROOT[:SUBSET[:SPLIT]], got {spec!r}")
-        root, subset, split = parts + ["top50tags", "0"][len(parts) - 1:]
-        dataset = read_jamendo(root, subset, split, audio_dir)
+        root, subset, split = parts + [None, "0"][len(parts) - 1:]
+        dataset = read_jamendo(root, subset or None, split, audio_dir)
     else:
         if not os.path.exists(spec):
             raise ProbeDataError(f"{spec}: no such folder or file (expected a folder with metadata.csv, "
@@ -238,6 +295,6 @@ def load_probe_dataset(spec, audio_dir=None):
         except (OSError, ValueError, KeyError) as error:
             raise ProbeDataError(f"{spec}: {error}") from None
         if audio_dir:
-            dataset = LabeledDataset(os.path.abspath(audio_dir), dataset.tags, dataset.rows)
-    clean, report = validate(dataset)
+            dataset = dataset.replace(root=os.path.abspath(audio_dir))
+    clean, report = validate(select_tasks(dataset, tasks))
     return ProbeData(spec, clean, report)

@@ -46,6 +46,19 @@ class SplitFeatures:
     features: np.ndarray  # (rows, D)
     track: np.ndarray  # (rows,) int
     skipped: list  # (path, reason)
+    rows: np.ndarray = None  # (tracks,) int: each kept track's row in the split
+
+    def for_task(self, task, split_rows):
+        """The tracks labelled in ``task`` (a ``labeled_csv.Task``; ``split_rows``: the split's
+        rows this was extracted from), with that task's labels."""
+        labels, labelled = task.labels(split_rows)
+        labels, labelled = labels[self.rows], labelled[self.rows]
+        keep = np.flatnonzero(labelled)
+        renumber = np.full(len(labelled), -1, np.int64)
+        renumber[keep] = np.arange(len(keep))
+        segments = labelled[self.track]
+        return SplitFeatures([self.paths[i] for i in keep], labels[keep], self.features[segments],
+                             renumber[self.track[segments]], self.skipped, np.asarray(self.rows)[keep])
 
     def skipped_counts(self):
         reasons = [reason.split(":")[0] for _, reason in self.skipped]
@@ -182,4 +195,4 @@ def extract_split(probed, dataset, split, cache_dir, seed=0, batch_size=32, bloc
         "tracks": len(paths), "skipped": len(skipped)}, indent=1)
     return SplitFeatures(kept, labels[keep_rows].reshape(len(kept), labels.shape[1]),
                          np.concatenate(features) if features else np.zeros((0, dim), np.float32),
-                         np.asarray(track, np.int64), skipped)
+                         np.asarray(track, np.int64), skipped, np.asarray(keep_rows, np.int64))

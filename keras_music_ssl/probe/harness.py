@@ -31,7 +31,7 @@ import numpy as np
 
 from keras_music_ssl import storage
 from keras_music_ssl.errors import OptionError
-from keras_music_ssl.probe.datasets import ProbeData, load_probe_dataset
+from keras_music_ssl.probe.datasets import ProbeData, load_probe_dataset, select_tasks, validate
 from keras_music_ssl.probe.extract import extract_split
 from keras_music_ssl.probe.fractions import DRAWS, fraction_key, training_subset
 from keras_music_ssl.probe.metrics import METRICS, bootstrap_metrics, require_scorable, tagging_metrics
@@ -59,14 +59,36 @@ def check_options(bootstrap=50, draws=DRAWS, fractions=None, epochs=None, embed_
         raise OptionError(f"{names['fractions']} must lie in (0, 1], got {' '.join(map(str, fractions))}")
 
 
-def check_scorable(data):
-    """Raise :class:`ProbeError` unless the valid and test splits of ``data`` (a :class:`ProbeData`)
-    each have a tag with positive and negative tracks: checked before any embedding or training."""
-    for split in ("valid", "test"):
+def check_scorable(data, explicit=False):
+    """``data`` (a :class:`ProbeData`) with the tasks that can be scored: each needs labelled
+    training tracks, and valid and test splits that each have a tag with positive and negative
+    tracks. Checked before any embedding or training. A task that fails is an error
+    (:class:`ProbeError`) when it was asked for (``explicit``) or is the only one; else it is
+    left out with a one-line warning (``data.report["tasks_left_out"]``)."""
+    kept, left_out = [], {}
+    for task in data.dataset.tasks:
         try:
-            require_scorable(data.dataset.split(split).labels, split, data.dataset.tags)
+            for split in SPLITS:
+                labels, labelled = task.labels(data.dataset.split(split).rows)
+                if split == "train":
+                    if not labelled.any():
+                        raise ProbeError("the train split has no labelled track")
+                else:
+                    require_scorable(labels[labelled], split, task.classes)
+            kept.append(task)
         except ProbeError as error:
-            raise ProbeError(f"{data.name}: {error}") from None
+            where = f" task {task.name!r}" if data.dataset.task_list else ""  # named tasks: say which
+            if explicit or len(data.dataset.tasks) == 1:
+                raise ProbeError(f"{data.name}{where}: {error}") from None
+            left_out[task.name] = str(error)
+    if not kept:
+        raise ProbeError(f"{data.name}: no task can be scored ({left_out})")
+    for name, reason in left_out.items():
+        _warn(f"{data.name}: task {name!r} left out: {reason}")
+    if not left_out:
+        return data
+    return ProbeData(data.name, data.dataset.replace(task_list=tuple(kept)),
+                     {**data.report, "tasks_left_out": left_out})
 
 
 def _warn(message):
@@ -82,9 +104,10 @@ def _read_state(path):
     except (storage.StorageError, OSError) as error:
         _warn(f"{str(error).splitlines()[0]}; probing that model again")
         return None
-    result = state.get("result") if isinstance(state, dict) else None
-    if not (isinstance(result, dict) and isinstance(result.get("test"), dict)
-            and all(isinstance(result["test"].get(m), dict) for m in METRICS)):
+    tasks = state.get("tasks") if isinstance(state, dict) else None
+    if not (isinstance(tasks, dict) and tasks and all(
+            isinstance(r, dict) and isinstance(r.get("test"), dict)
+            and all(isinstance(r["test"].get(m), dict) for m in METRICS) for r in tasks.values())):
         _warn(f"{path}: not a probe state file; probing that model again")
         return None
     return state
@@ -121,8 +144,10 @@ def _unique_names(models):
 
 
 def _state_key(probed, data, settings, extra):
-    payload = {"fingerprint": probed.fingerprint, "files": data.dataset.paths, "tags": data.dataset.tags,
-               "labels": hashlib.sha256(data.dataset.labels.tobytes()).hexdigest(),
+    labels = [task.labels(data.dataset.rows)[0].tobytes() for task in data.dataset.tasks]
+    payload = {"fingerprint": probed.fingerprint, "files": data.dataset.paths,
+               "tasks": {task.name: task.to_json() for task in data.dataset.tasks},
+               "labels": hashlib.sha256(b"".join(labels)).hexdigest(),
                "settings": {k: list(v) if isinstance(v, tuple) else v for k, v in settings.items()}, **extra}
     return hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()
 
@@ -133,10 +158,20 @@ def _summary(values):
             "draws": [float(v) for v in values]}
 
 
+def task_file(out, folder, task, main, name, suffix):
+    """``out/folder/NAME.suffix`` for the main task (the paths of a one-task report), else
+    ``out/folder/TASK/NAME.suffix``."""
+    path = os.path.join(out, folder, *(() if task == main else (task,)), f"{name}{suffix}")
+    os.makedirs(os.path.dirname(path), exist_ok=True)
+    return path
+
+
 def probe_model(probed, data, out, settings, seed=0, bootstrap=50, fractions=None, draws=DRAWS,
                 cache_dir=None, embed_batch_size=32, eval_chunks="segments", progress=True, verbose=0):
-    """The result dict of one model (see ``results.json``); writes its head and predictions."""
-    dataset, tags = data.dataset, data.dataset.tags
+    """``{task: result dict}`` of one model (see ``results.json``); writes its heads and predictions.
+
+    The splits are embedded once; each task then fits its own probe on its labelled tracks."""
+    dataset = data.dataset
     start = time.perf_counter()
     features = {split: extract_split(probed, dataset, split, cache_dir or default_cache_dir(), seed=seed,
                                      batch_size=embed_batch_size, eval_chunks=eval_chunks, progress=progress)
@@ -146,41 +181,59 @@ def probe_model(probed, data, out, settings, seed=0, bootstrap=50, fractions=Non
         if not part.paths:
             raise ProbeError(f"{probed.name}: no track of the {split} split could be used "
                              f"(skipped: {part.skipped_counts()})")
-    train, valid, test = features["train"], features["valid"], features["test"]
+    main = dataset.tasks[0].name
+    results = {}
+    for task in dataset.tasks:
+        parts = {split: features[split].for_task(task, dataset.split(split).rows) for split in SPLITS}
+        result = _probe_task(probed, task, parts, settings, seed, bootstrap, fractions, draws, verbose)
+        result["seconds"]["extract"] = round(extract_seconds, 2)
+        result["skipped"] = {s: features[s].skipped_counts() for s in SPLITS}
+        _save_head(result.pop("head"), task_file(out, "heads", task.name, main, probed.name, ".keras"))
+        test, probabilities = parts["test"], result.pop("probabilities")
+        with storage.atomic_write(task_file(out, "predictions", task.name, main, probed.name, ".npz"), "wb") as f:
+            np.savez(f, paths=np.asarray(test.paths, dtype=str), labels=test.labels,
+                     probabilities=probabilities.astype(np.float32), tags=np.asarray(task.classes, dtype=str))
+        results[task.name] = result
+    return results
+
+
+def _probe_task(probed, task, parts, settings, seed, bootstrap, fractions, draws, verbose):
+    """One task's probe, test metrics and fractions (``parts``: the task's tracks of each split)."""
+    tags, single = list(task.classes), task.single_label
+    train, valid, test = parts["train"], parts["valid"], parts["test"]
+    if not train.paths:
+        raise ProbeError(f"{probed.name}: no usable track of the train split is labelled in task {task.name!r}")
     for split in ("valid", "test"):  # skipped tracks may have taken the last positive or negative away
         try:
-            require_scorable(features[split].labels, split, tags)
+            require_scorable(parts[split].labels, split, tags)
         except ProbeError as error:
-            raise ProbeError(f"{probed.name}: {error} (after skipping {features[split].skipped_counts()})") from None
+            raise ProbeError(f"{probed.name}: task {task.name!r}: {error} (after skipping "
+                             f"{parts[split].skipped_counts()})") from None
 
     def fit_probe(track_subset=None, fit_seed=seed):
         rows = np.isin(train.track, track_subset) if track_subset is not None else slice(None)
         return train_probe(train.features[rows], train.row_labels[rows], valid.features, valid.labels, tags,
-                           seed=fit_seed, verbose=verbose, **settings)
+                           seed=fit_seed, verbose=verbose, single_label=single, **settings)
 
     start = time.perf_counter()
     trained = fit_probe()
     fit_seconds = time.perf_counter() - start
     probabilities = trained.predict(test.features)
-    result = {"test": bootstrap_metrics(test.labels, probabilities, tags, bootstrap, seed),
+    result = {"type": task.type, "test": bootstrap_metrics(test.labels, probabilities, tags, bootstrap, seed, single),
               "best_epoch": trained.best_epoch, "embedding_dim": int(train.features.shape[1]),
               "fingerprint": probed.fingerprint, "exportable": probed.is_encoder,
-              "tracks": {s: len(features[s].paths) for s in SPLITS},
+              "tracks": {s: len(parts[s].paths) for s in SPLITS},
               "train_segments": int(len(train.features)),
-              "skipped": {s: features[s].skipped_counts() for s in SPLITS},
-              "seconds": {"extract": round(extract_seconds, 2), "fit": round(fit_seconds, 2)}}
-    os.makedirs(os.path.join(out, "heads"), exist_ok=True)
-    _save_head(trained.head, os.path.join(out, "heads", f"{probed.name}.keras"))
-    with storage.atomic_write(os.path.join(out, "predictions", f"{probed.name}.npz"), "wb") as f:
-        np.savez(f, paths=np.asarray(test.paths, dtype=str), labels=test.labels,
-                 probabilities=probabilities.astype(np.float32), tags=np.asarray(tags, dtype=str))
+              "seconds": {"fit": round(fit_seconds, 2)},
+              "head": trained.head, "probabilities": probabilities}
     if fractions:
         result["fractions"] = {}
         for fraction in fractions:
             scores = {"roc_auc_macro": [], "pr_auc_macro": []}
             for draw in range(draws):
                 subset = training_subset(len(train.paths), fraction, draw, seed)
-                metrics = tagging_metrics(test.labels, fit_probe(subset, seed + 1 + draw).predict(test.features), tags)
+                predicted = fit_probe(subset, seed + 1 + draw).predict(test.features)
+                metrics = tagging_metrics(test.labels, predicted, tags, single)
                 for metric in scores:
                     scores[metric].append(metrics[metric])
             result["fractions"][fraction_key(fraction)] = {
@@ -190,11 +243,12 @@ def probe_model(probed, data, out, settings, seed=0, bootstrap=50, fractions=Non
 
 def run_probe(dataset, models, out, protocol="paper", fractions=None, draws=DRAWS, bootstrap=50, seed=0,
               baseline=True, cache_dir=None, embed_batch_size=32, eval_chunks="segments", weights_dir=None,
-              audio_dir=None, progress=True, verbose=0, **overrides):
+              audio_dir=None, tasks=None, progress=True, verbose=0, **overrides):
     """Probe ``models`` on ``dataset`` and write the report to ``out``; return the results dict.
 
     ``dataset``: a :class:`ProbeData`, or a ``kmssl probe`` DATASET string (``audio_dir``: its
-    audio root, if not where its loader looks). ``models``: names (``random``, ``logmel-stats``,
+    audio root, if not where its loader looks; ``tasks``: the task names to probe, default all).
+    ``models``: names (``random``, ``logmel-stats``,
     preset folders or names), ``ProbedModel``s, Keras models or ``(name, model)`` pairs; names
     are loaded only once ``out`` is locked. ``eval_chunks``: how valid/test tracks are cut
     (``track.py``); ``embed_batch_size``: 4 s clips per model call. ``overrides``: probe settings
@@ -206,10 +260,15 @@ def run_probe(dataset, models, out, protocol="paper", fractions=None, draws=DRAW
     storage.check_output(cache_dir, "folder", "--cache-dir")
     settings = protocol_settings(protocol, **overrides)
     check_options(bootstrap, draws, fractions, settings["epochs"], embed_batch_size)
-    data = dataset if isinstance(dataset, ProbeData) else load_probe_dataset(dataset, audio_dir)
-    check_scorable(data)
+    if isinstance(dataset, ProbeData):
+        data = dataset if not tasks else ProbeData(dataset.name, *validate(select_tasks(dataset.dataset, tasks)))
+    else:
+        data = load_probe_dataset(dataset, audio_dir, tasks)
+    data = check_scorable(data, explicit=bool(tasks))
     if progress:
-        print(f"{data.name}: {data.report['splits']} tracks, {len(data.dataset.tags)} tags"
+        described = ", ".join(f"{t.name} ({len(t.classes)} {'classes' if t.single_label else 'tags'})"
+                              for t in data.dataset.tasks)
+        print(f"{data.name}: {data.report['splits']} tracks; task(s) {described}"
               + (f"; dropped {data.report['dropped']}" if data.report["dropped"] else ""), flush=True)
     os.makedirs(out, exist_ok=True)  # before the lock: the lock file lives inside it
     with storage.locked(out):
@@ -231,7 +290,10 @@ def _probe_all(data, models, out, settings, protocol, fractions, draws, bootstra
         probed.append(resolve_model(LOGMEL_STATS))
     probed = _unique_names(probed)
     os.makedirs(os.path.join(out, "models"), exist_ok=True)
-    results = {"dataset": data.name, "protocol": protocol, "tags": list(data.dataset.tags), "models": {},
+    tasks = data.dataset.tasks
+    results = {"dataset": data.name, "protocol": protocol, "task": tasks[0].name, "tags": list(tasks[0].classes),
+               "models": {},
+               "tasks": {t.name: {**t.to_json(), "models": {}} for t in tasks},
                "settings": {**{k: list(v) if isinstance(v, tuple) else v for k, v in settings.items()},
                             "seed": seed, "bootstrap": bootstrap,
                             "fractions": [float(f) for f in fractions or []], "draws": draws,
@@ -244,16 +306,22 @@ def _probe_all(data, models, out, settings, protocol, fractions, draws, bootstra
         state = os.path.join(out, "models", f"{model.name}.json")
         previous = _read_state(state)
         if previous and previous.get("key") == key:
-            result = previous["result"]
+            by_task = previous["tasks"]
         else:
-            result = probe_model(model, data, out, settings, seed, bootstrap, fractions, draws, cache_dir,
-                                 embed_batch_size, eval_chunks, progress, verbose)
-            storage.write_json(state, {"key": key, "result": result})
-        results["models"][model.name] = result
+            by_task = probe_model(model, data, out, settings, seed, bootstrap, fractions, draws, cache_dir,
+                                  embed_batch_size, eval_chunks, progress, verbose)
+            storage.write_json(state, {"key": key, "tasks": by_task})
+        for task, result in by_task.items():
+            results["tasks"][task]["models"][model.name] = result
+        results["models"][model.name] = by_task[tasks[0].name]  # the main task, where one-task readers look
         write_report(results, out)
         if progress:
-            test = result["test"]
-            print(f"{model.name}: test ROC-AUC macro {test['roc_auc_macro']['point']:.3f}, PR-AUC macro "
-                  f"{test['pr_auc_macro']['point']:.3f} ({test['tags_scored']} tags; probe fit "
-                  f"{result['seconds']['fit']:.1f} s, best epoch {result['best_epoch']})", flush=True)
+            for task, result in by_task.items():
+                test = result["test"]
+                extra = (f", accuracy {test['accuracy']['point']:.3f}, F1 macro {test['f1_macro']['point']:.3f}"
+                         if "accuracy" in test else "")
+                print(f"{model.name}{f' [{task}]' if len(tasks) > 1 else ''}: test ROC-AUC macro "
+                      f"{test['roc_auc_macro']['point']:.3f}, PR-AUC macro {test['pr_auc_macro']['point']:.3f}"
+                      f"{extra} ({test['tags_scored']} {'classes' if 'accuracy' in test else 'tags'}; probe fit "
+                      f"{result['seconds']['fit']:.1f} s, best epoch {result['best_epoch']})", flush=True)
     return results

@@ -8,6 +8,9 @@
   replacement, each as large as the test set, seeded; each resample excludes its own
   degenerate tags (a resample with no scorable tag is dropped). Reported: the point estimate on
   the whole test set, the mean and std of the resamples, and their 2.5-97.5 % percentile interval.
+- Single-label tasks (one class per track) add ``accuracy`` and ``f1_macro`` (F1 of each class
+  present among the true or predicted classes, averaged) of the arg-max class; their ROC/PR-AUC
+  are one-vs-rest on the class probabilities.
 - A test set with no scorable tag has no metric at all: :func:`bootstrap_metrics` raises
   :class:`ProbeError` rather than report NaN (``run_probe`` checks it before any training, with
   :func:`require_scorable`).
@@ -18,6 +21,11 @@ import numpy as np
 from keras_music_ssl.probe.probe import ProbeError
 
 METRICS = ("roc_auc_macro", "pr_auc_macro", "roc_auc_micro", "pr_auc_micro")
+SINGLE_LABEL_METRICS = METRICS + ("accuracy", "f1_macro")
+
+
+def metric_names(single_label=False):
+    return SINGLE_LABEL_METRICS if single_label else METRICS
 
 
 def scorable_tags(labels):
@@ -43,9 +51,10 @@ def require_scorable(labels, split, tags=None):
                      "ROC-AUC needs a tag with both positive and negative tracks")
 
 
-def tagging_metrics(labels, scores, tags=None):
-    """``{roc_auc_macro, pr_auc_macro, roc_auc_micro, pr_auc_micro, tags_scored, tags_excluded}``."""
-    from sklearn.metrics import average_precision_score, roc_auc_score
+def tagging_metrics(labels, scores, tags=None, single_label=False):
+    """``{roc_auc_macro, pr_auc_macro, roc_auc_micro, pr_auc_micro, tags_scored, tags_excluded}``,
+    and ``accuracy`` / ``f1_macro`` with ``single_label`` (one-hot ``labels``)."""
+    from sklearn.metrics import accuracy_score, average_precision_score, f1_score, roc_auc_score
 
     labels, scores = np.asarray(labels), np.asarray(scores, np.float64)
     if labels.shape != scores.shape or labels.ndim != 2:
@@ -55,11 +64,16 @@ def tagging_metrics(labels, scores, tags=None):
     tags = list(tags) if tags is not None else [str(i) for i in range(labels.shape[1])]
     keep = scorable_tags(labels)
     excluded = [tag for tag, k in zip(tags, keep) if not k]
+    extra = {}
+    if single_label:
+        truth, predicted = labels.argmax(axis=1), scores.argmax(axis=1)
+        extra = {"accuracy": float(accuracy_score(truth, predicted)),
+                 "f1_macro": float(f1_score(truth, predicted, average="macro", zero_division=0))}
     if not keep.any():  # a bootstrap resample may draw such a set: it is dropped there
         nan = float("nan")
-        return {**{m: nan for m in METRICS}, "tags_scored": 0, "tags_excluded": excluded}
+        return {**{m: nan for m in metric_names(single_label)}, "tags_scored": 0, "tags_excluded": excluded}
     y, s = labels[:, keep], scores[:, keep]
-    return {
+    return {**extra,
         "roc_auc_macro": float(roc_auc_score(y, s, average="macro")),
         "pr_auc_macro": float(average_precision_score(y, s, average="macro")),
         "roc_auc_micro": float(roc_auc_score(y, s, average="micro")),
@@ -69,21 +83,22 @@ def tagging_metrics(labels, scores, tags=None):
     }
 
 
-def bootstrap_metrics(labels, scores, tags=None, resamples=50, seed=0):
+def bootstrap_metrics(labels, scores, tags=None, resamples=50, seed=0, single_label=False):
     """Each metric as ``{point, mean, std, ci95, resamples}``, plus ``tags_scored`` / ``tags_excluded``
     of the point estimate."""
     labels, scores = np.asarray(labels), np.asarray(scores)
     require_scorable(labels, "test", tags)
-    point = tagging_metrics(labels, scores, tags)
+    names = metric_names(single_label)
+    point = tagging_metrics(labels, scores, tags, single_label)
     rng = np.random.default_rng(seed)
-    draws = {m: [] for m in METRICS}
+    draws = {m: [] for m in names}
     for _ in range(int(resamples)):
         index = rng.integers(0, len(labels), len(labels))
-        values = tagging_metrics(labels[index], scores[index], tags)
-        for m in METRICS:
+        values = tagging_metrics(labels[index], scores[index], tags, single_label)
+        for m in names:
             draws[m].append(values[m])
     result = {}
-    for m in METRICS:
+    for m in names:
         values = np.asarray(draws[m], np.float64)
         values = values[np.isfinite(values)]
         if len(values):

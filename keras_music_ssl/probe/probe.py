@@ -20,6 +20,9 @@ dropout 0.2, sigmoid cross-entropy, Adam 1e-3, batch 64, at most 100 epochs, Red
 Both standardise the features with the training rows' mean and std, held inside the head
 (``TagHead(standardize=True)``), so the saved head takes raw embeddings and ``kmssl export
 --head`` builds a tagger from it. Validation tracks are scored by their mean embedding.
+
+A single-label task (one class per track, ``single_label=True``) trains the same head with a
+softmax cross-entropy on the logits and saves it with a softmax on top, in either protocol.
 """
 
 import dataclasses
@@ -100,10 +103,12 @@ class TrainedProbe:
         return np.concatenate(rows) if rows else np.zeros((0, self.head.num_tags), np.float32)
 
 
-def train_probe(x_train, y_train, x_valid, y_valid, tags, protocol="paper", seed=0, verbose=0, **overrides):
+def train_probe(x_train, y_train, x_valid, y_valid, tags, protocol="paper", seed=0, verbose=0, single_label=False,
+                **overrides):
     """Fit a probe on training rows (e.g. segment embeddings) and return a :class:`TrainedProbe`.
 
-    ``x_valid`` / ``y_valid`` (validation tracks) drive early stopping on macro ROC-AUC.
+    ``x_valid`` / ``y_valid`` (validation tracks) drive early stopping on macro ROC-AUC;
+    ``single_label``: one-hot labels, softmax (module docstring).
     ``overrides``: any protocol setting (``hidden_units``, ``epochs``, ``learning_rate``, ...).
     """
     import keras
@@ -125,7 +130,12 @@ def train_probe(x_train, y_train, x_valid, y_valid, tags, protocol="paper", seed
     head.set_standardization(x_train.mean(axis=0), x_train.std(axis=0))
     inputs = keras.Input((x_train.shape[1],), name="embedding")
     logits_model = keras.Model(inputs, head(inputs))
-    loss = downstream_loss if settings["loss"] == "downstream" else keras.losses.BinaryCrossentropy(from_logits=True)
+    if single_label:
+        loss = keras.losses.CategoricalCrossentropy(from_logits=True)
+    elif settings["loss"] == "downstream":
+        loss = downstream_loss
+    else:
+        loss = keras.losses.BinaryCrossentropy(from_logits=True)
     logits_model.compile(optimizer=keras.optimizers.Adam(settings["learning_rate"]), loss=loss)
     callbacks = [_validation_callback(x_valid, y_valid)]  # first: the others read its log
     if settings["lr_patience"]:
@@ -140,7 +150,7 @@ def train_probe(x_train, y_train, x_valid, y_valid, tags, protocol="paper", seed
     history = logits_model.fit(x_train, y_train, batch_size=settings["batch_size"], epochs=settings["epochs"],
                                shuffle=True, callbacks=callbacks, verbose=verbose)
     # The saved head gives probabilities, as a tagger's does: same weights, sigmoid on top.
-    final = TagHead.from_config({**head.get_config(), "activation": "sigmoid"})
+    final = TagHead.from_config({**head.get_config(), "activation": "softmax" if single_label else "sigmoid"})
     final.build((None, x_train.shape[1]))
     final.set_weights(head.get_weights())
     return TrainedProbe(final, {k: [float(v) for v in vals] for k, vals in history.history.items()},

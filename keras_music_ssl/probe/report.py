@@ -1,14 +1,18 @@
 """The probe report in ``--out``: ``results.json``, ``results.csv``, ``results.md`` and figures.
 
-- ``results.json``: everything (``{"dataset", "protocol", "tags", "models": {NAME: {"test": {metric:
-  {point, mean, std, ci95, resamples}, tags_scored, tags_excluded}, "fractions": {...}}}}``);
-- ``results.csv``: one row per model x metric (and per training fraction);
-- ``results.md``: the table a person pastes (point estimate on the full test set, bootstrap
-  mean ± std and 95 % interval);
+- ``results.json``: everything: ``{"dataset", "protocol", "task", "tags", "models": {NAME: {"test":
+  {metric: {point, mean, std, ci95, resamples}, tags_scored, tags_excluded}, "fractions": {...}}},
+  "tasks": {TASK: {"type", "column", "classes", "models": {...}}}}``. ``task`` / ``tags`` /
+  ``models`` are the main (first) task's, where a reader of a one-task report looks; ``tasks``
+  holds every task. Single-label tasks add the metrics ``accuracy`` and ``f1_macro``;
+- ``results.csv``: one row per task x model x metric (and per training fraction);
+- ``results.md``: the tables a person pastes, one per task (point estimate on the full test set,
+  bootstrap mean ± std and 95 % interval);
 - ``bootstrap.png``: each model's bootstrap resamples as dots and their mean as a marker, per
-  metric (the poster's Fig. 1);
+  metric (the poster's Fig. 1); ``bootstrap-TASK.png`` for each task after the main one;
 - ``fractions.png`` (when fractions were run): macro metrics against the training fraction, the
-  band being the 95 % t-interval of the mean over the draws (the poster's Fig. 2).
+  band being the 95 % t-interval of the mean over the draws (the poster's Fig. 2); likewise
+  ``fractions-TASK.png``.
 
 Every file is written atomically (``storage``): a kill leaves the previous version or the new
 one; ``results.json`` is strict JSON (a NaN is refused, not written).
@@ -20,10 +24,23 @@ import os
 import numpy as np
 
 from keras_music_ssl import storage
-from keras_music_ssl.probe.metrics import METRICS
+from keras_music_ssl.probe.metrics import metric_names
 
 LABELS = {"roc_auc_macro": "ROC-AUC macro", "pr_auc_macro": "PR-AUC macro",
-          "roc_auc_micro": "ROC-AUC micro", "pr_auc_micro": "PR-AUC micro"}
+          "roc_auc_micro": "ROC-AUC micro", "pr_auc_micro": "PR-AUC micro",
+          "accuracy": "accuracy", "f1_macro": "F1 macro"}
+
+
+def task_views(results):
+    """``[(task, results of that task alone)]``, the main task first; an older one-task
+    ``results.json`` (no ``tasks``) is its own view."""
+    tasks = results.get("tasks") or {results.get("task", "tags"): {"models": results["models"]}}
+    return [(name, {**results, "task": name, "models": entry["models"], "type": entry.get("type", "multi-label")})
+            for name, entry in tasks.items()]
+
+
+def _metrics(results):
+    return metric_names(results.get("type") == "single-label")
 
 
 def save_figure(fig, path):
@@ -36,13 +53,23 @@ def save_figure(fig, path):
 
 
 def markdown_table(results):
+    """Every task's tables (a one-task report: exactly its table)."""
+    views = task_views(results)
+    if len(views) == 1:
+        return _markdown_table(views[0][1])
+    return "\n".join(f"## Task `{task}` ({view['type']})\n\n" + _markdown_table(view) for task, view in views)
+
+
+def _markdown_table(results):
+    metrics = _metrics(results)
+    scored = "classes scored" if results.get("type") == "single-label" else "tags scored"
     lines = [f"Probe on `{results['dataset']}` ({results['protocol']} protocol): test split, point estimate "
              f"(bootstrap mean ± std over {results['settings']['bootstrap']} resamples, 95 % interval).", "",
-             "| model | " + " | ".join(LABELS[m] for m in METRICS) + " | tags scored |",
-             "|---|" + "---:|" * (len(METRICS) + 1)]
+             "| model | " + " | ".join(LABELS[m] for m in metrics) + f" | {scored} |",
+             "|---|" + "---:|" * (len(metrics) + 1)]
     for name, result in results["models"].items():
         cells = []
-        for metric in METRICS:
+        for metric in metrics:
             m = result["test"][metric]
             cells.append(f"{m['point']:.3f} ({m['mean']:.3f} ± {m['std']:.3f}, {m['ci95'][0]:.3f}–{m['ci95'][1]:.3f})")
         lines.append(f"| {name} | " + " | ".join(cells) + f" | {result['test']['tags_scored']} |")
@@ -61,21 +88,57 @@ def markdown_table(results):
     return "\n".join(lines) + "\n"
 
 
+def task_table(results):
+    """Markdown, one row per model and one column per task: test macro ROC-AUC [95 % interval]
+    (and accuracy for a single-label task): every task at a glance."""
+    views = task_views(results)
+    header = [f"{task} ({'ROC-AUC / accuracy' if view['type'] == 'single-label' else 'ROC-AUC'})"
+              for task, view in views]
+    lines = ["| model | " + " | ".join(header) + " |", "|---|" + "---|" * len(views)]
+    for name in results["models"]:
+        cells = []
+        for _, view in views:
+            test = view["models"].get(name, {}).get("test")
+            if test is None:
+                cells.append("")
+                continue
+            roc = test["roc_auc_macro"]
+            cell = f"{roc['point']:.3f} [{roc['ci95'][0]:.3f}, {roc['ci95'][1]:.3f}]"
+            cells.append(cell + (f" / {test['accuracy']['point']:.3f}" if "accuracy" in test else ""))
+        lines.append(f"| {name} | " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def task_verdicts(results, ours, floors):
+    """``{task: verdict line}`` of ``ours`` against each of ``floors`` present, per task."""
+    from keras_music_ssl.probe.verdict import verdict
+
+    verdicts = {}
+    for task, view in task_views(results):
+        tests = {name: r["test"] for name, r in view["models"].items()}
+        if ours in tests:
+            verdicts[task] = verdict(tests, ours, [f for f in floors if f in tests])
+    return verdicts
+
+
 def csv_rows(results):
     rows = []
-    for name, result in results["models"].items():
-        for metric in METRICS:
-            m = result["test"][metric]
-            rows.append([name, "", metric, m["point"], m["mean"], m["std"], *m["ci95"]])
-        for fraction, entry in (result.get("fractions") or {}).items():
-            for metric in ("roc_auc_macro", "pr_auc_macro"):
-                rows.append([name, fraction, metric, "", entry[metric]["mean"], entry[metric]["std"], "", ""])
+    for task, view in task_views(results):
+        for name, result in view["models"].items():
+            for metric in _metrics(view):
+                m = result["test"][metric]
+                rows.append([name, "", metric, m["point"], m["mean"], m["std"], *m["ci95"], task])
+            for fraction, entry in (result.get("fractions") or {}).items():
+                for metric in ("roc_auc_macro", "pr_auc_macro"):
+                    rows.append([name, fraction, metric, "", entry[metric]["mean"], entry[metric]["std"], "", "",
+                                 task])
     return rows
 
 
 def _title(results):
     name = results["dataset"].rstrip("/")
-    return name if ":" in name else os.path.basename(name)  # a folder: its name, not the whole path
+    name = name if ":" in name else os.path.basename(name)  # a folder: its name, not the whole path
+    return f"{name} [{results['task']}]" if len(results.get("tasks") or ()) > 1 else name
 
 
 def plot_bootstrap(results, path):
@@ -140,13 +203,17 @@ def write_report(results, out):
     storage.write_json(paths["results.json"], results, indent=1)
     buffer = io.StringIO()
     writer = csv.writer(buffer, lineterminator="\n")
-    writer.writerow(["model", "fraction", "metric", "point", "mean", "std", "ci95_low", "ci95_high"])
+    writer.writerow(["model", "fraction", "metric", "point", "mean", "std", "ci95_low", "ci95_high", "task"])
     writer.writerows(csv_rows(results))
     storage.write_text(paths["results.csv"], buffer.getvalue())
     storage.write_text(paths["results.md"], markdown_table(results))
-    paths["bootstrap.png"] = os.path.join(out, "bootstrap.png")
-    plot_bootstrap(results, paths["bootstrap.png"])
-    if any(r.get("fractions") for r in results["models"].values()):
-        paths["fractions.png"] = os.path.join(out, "fractions.png")
-        plot_fractions(results, paths["fractions.png"])
+    for i, (task, view) in enumerate(task_views(results)):
+        if not view["models"]:
+            continue
+        suffix = "" if i == 0 else f"-{task}"
+        paths[f"bootstrap{suffix}.png"] = os.path.join(out, f"bootstrap{suffix}.png")
+        plot_bootstrap(view, paths[f"bootstrap{suffix}.png"])
+        if any(r.get("fractions") for r in view["models"].values()):
+            paths[f"fractions{suffix}.png"] = os.path.join(out, f"fractions{suffix}.png")
+            plot_fractions(view, paths[f"fractions{suffix}.png"])
     return paths
