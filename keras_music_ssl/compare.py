@@ -9,8 +9,10 @@ verdict against each floor. The library side of ``kmssl compare``.
 ``out`` holds ``runs/<method>/`` (one ``pretrain`` run folder each), ``probe/`` (the probe
 harness's report) and the comparison: ``comparison.json``, ``comparison.md``,
 ``comparison.png`` (test macro ROC-AUC with its 95 % bootstrap interval, floors as lines) and
-``pretraining.png`` (the collapse monitor's effective rank per epoch). Resumable: finished runs
-are not retrained and finished probes are not refitted.
+``pretraining.png`` (the collapse monitor's effective rank per epoch, and each task's learning
+curve: every run probes itself every ``probe_every`` epochs, by default a quarter of the run, on
+the probe dataset, ``probe/curve.py``). Resumable: finished runs are not retrained and finished
+probes are not refitted.
 
 Every option, ``out`` and the probe dataset (loaded, with a scorable valid and test split) are
 checked before the first pretraining step: a mistake costs seconds, not a pretraining per
@@ -69,6 +71,10 @@ def compare(out, methods=None, probe_dataset=None, protocol="paper", bootstrap=5
     probe_data = probe_dataset if isinstance(probe_dataset, ProbeData) else load_probe_dataset(
         probe_dataset, probe_options.pop("audio_dir", None))
     probe_data = check_scorable(probe_data)
+    # Each run's learning curve, on the same dataset (probe_every=None: none).
+    settings.setdefault("probe_every", max(1, base.epochs // 4))
+    if settings["probe_every"] and settings.get("probe_dataset") is None:
+        settings["probe_dataset"] = probe_data.name
     # Before any pretraining: a --reference typo is refused, musicnn's wheel fetched on first use.
     references = supervised_reference(reference, probe_options.get("weights_dir"))
 
@@ -178,7 +184,7 @@ def _figures(out, comparison, runs):
     import matplotlib.pyplot as plt
 
     from keras_music_ssl.probe.report import save_figure
-    from keras_music_ssl.train import _read_history
+    from keras_music_ssl.train import read_history
 
     rows = [r for r in comparison["rows"] if r.get("kind", "method") == "method" and r["model"] not in FLOORS]
     floors = [r for r in comparison["rows"] if r not in rows]  # the floors and the reference: lines
@@ -198,9 +204,13 @@ def _figures(out, comparison, runs):
     fig.tight_layout()
     save_figure(fig, os.path.join(out, "comparison.png"))
 
-    fig, ax = plt.subplots(figsize=(5, 3.5))
-    for method, run in runs.items():
-        history = _read_history(os.path.join(os.path.dirname(run["preset"]), "history.csv"))
+    histories = {method: read_history(os.path.join(os.path.dirname(run["preset"]), "history.csv"))
+                 for method, run in runs.items()}
+    tasks = list(dict.fromkeys(key[len("probe_"):-len("_roc_auc")] for rows in histories.values() for row in rows
+                               for key in row if key.startswith("probe_") and key.endswith("_roc_auc")))
+    fig, axes = plt.subplots(1, 1 + len(tasks), figsize=(5 + 4.5 * len(tasks), 3.5), squeeze=False)
+    ax = axes[0][0]
+    for method, history in histories.items():
         if history and "val_effective_rank" in history[0]:
             ax.plot([h["epoch"] + 1 for h in history], [h["val_effective_rank"] for h in history], marker="o",
                     label=method)
@@ -208,5 +218,19 @@ def _figures(out, comparison, runs):
     ax.set_ylabel("effective rank (validation views)")
     ax.set_title("collapse monitor")
     ax.legend(fontsize=8)
+    for ax, task in zip(axes[0][1:], tasks):  # the learning curves (probe/curve.py), floors as lines
+        key = f"probe_{task}_roc_auc"
+        for method, history in histories.items():
+            shown = [h for h in history if math.isfinite(h.get(key, math.nan))]
+            ax.plot([h["epoch"] + 1 for h in shown], [h[key] for h in shown], marker="o", label=method)
+        first = next((h for rows in histories.values() for h in rows), {})
+        floors = [k for k in first if k.startswith(f"probe_{task}_floor_")]
+        for floor, style in zip(floors, ("--", ":", "-.")):
+            ax.axhline(first[floor], color="black", linestyle=style,
+                       label=f"{floor[len(f'probe_{task}_floor_'):]} {first[floor]:.3f}")
+        ax.set_xlabel("epoch")
+        ax.set_ylabel("valid macro ROC-AUC (fast linear probe)")
+        ax.set_title(task)
+        ax.legend(fontsize=7, loc="lower right")
     fig.tight_layout()
     save_figure(fig, os.path.join(out, "pretraining.png"))

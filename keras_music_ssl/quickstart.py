@@ -26,7 +26,7 @@ from keras_music_ssl.probe.models import REFERENCE
 
 # The quickstart's pretraining budget (see benchmarks/quickstart_budget.py).
 BUDGET = dict(method="contrastive", encoder="medium", epochs=6, steps_per_epoch=50, batch_size=64,
-              learning_rate=2e-3)
+              learning_rate=2e-3, probe_every=2)  # probe_every: the learning curve, pretraining.png
 DATASET_SIZE = "medium"
 
 

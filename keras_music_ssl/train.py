@@ -65,7 +65,7 @@ RANGES = {
     "epochs": (int, 1, None, True), "steps_per_epoch": (int, 1, None, True), "batch_size": (int, 2, None, True),
     "views": (int, 2, None, True), "views_per_track": (int, 1, None, True), "checkpoint_every": (int, 1, None, True),
     "warmup_epochs": (int, 0, None, True), "seed": (int, 0, 2**32 - 1, True),
-    "momentum_epochs": (int, 1, None, True),
+    "momentum_epochs": (int, 1, None, True), "probe_every": (int, 1, None, True),
     "min_gap_seconds": (float, 0.0, None, True), "gain_db": (float, 0.0, 60.0, True),
     "polarity": (float, 0.0, 1.0, True), "noise_snr_db": (float, -60.0, 200.0, True),
     "learning_rate": (float, 0.0, 10.0, False), "weight_decay": (float, 0.0, None, True),
@@ -117,6 +117,8 @@ class PretrainConfig:
     method_options: dict = dataclasses.field(default_factory=dict)
     seed: int = 0
     checkpoint_every: int = 1  # epochs
+    probe_every: int = None  # epochs between learning-curve probes (probe/curve.py); None: off
+    probe_dataset: str = None  # their labeled dataset; None: the rendered dataset (when data is None)
 
     def __post_init__(self):
         from keras_music_ssl.pretext import METHODS
@@ -132,11 +134,13 @@ class PretrainConfig:
         for name, rule in RANGES.items():
             if getattr(self, name) is not None:
                 setattr(self, name, _checked(name, getattr(self, name), *rule))
-        for name in ("data", "valid_data", "audio_cache"):
+        for name in ("data", "valid_data", "audio_cache", "probe_dataset"):
             if getattr(self, name) is not None and not isinstance(getattr(self, name), str):
                 raise PretrainError(f"{name} must be a path, got {getattr(self, name)!r}")
         if not isinstance(self.method_options, dict):
             raise PretrainError(f"method_options must be a mapping, got {self.method_options!r}")
+        if self.probe_every is not None and self.probe_dataset is None and self.data is not None:
+            raise PretrainError("probe_every with your own data: say which labeled dataset to probe (probe_dataset)")
         if self.momentum_epochs is not None and self.method not in EMA_METHODS:
             raise PretrainError(f"momentum_epochs applies to {' and '.join(EMA_METHODS)} only")
 
@@ -321,7 +325,7 @@ def _run(out, config, distribution, data_dir, verbose):
         initial = os.path.join(out, INITIAL)
         if not os.path.isdir(initial):
             _save_initial(initial, model.encoder, config)
-        return _fit(out, config, model, train, valid, data_name, distribution, verbose)
+        return _fit(out, config, model, train, valid, data_name, distribution, verbose, data_dir)
 
 
 INITIAL = "initial"
@@ -351,7 +355,15 @@ def _restore(out, config, model):
         return build_model(config), 0
 
 
-def _fit(out, config, model, train, valid, data_name, distribution, verbose):
+def _probe_dataset(config, data_dir):
+    if config.probe_dataset is not None:
+        return config.probe_dataset
+    from keras_music_ssl.data.embedded import embedded_dataset
+
+    return embedded_dataset(config.dataset_size, config.seed, data_dir, progress=False).root
+
+
+def _fit(out, config, model, train, valid, data_name, distribution, verbose, data_dir=None):
     import keras
 
     from keras_music_ssl.backup import Backup, Checkpoint
@@ -375,6 +387,13 @@ def _fit(out, config, model, train, valid, data_name, distribution, verbose):
         print(f"{out}: resuming after epoch {done} of {config.epochs}", flush=True)
 
     callbacks = [_epoch_seconds_callback(), ViewSamplerCounts(sampler)]
+    if config.probe_every and process_count() > 1:
+        print("several processes: the learning curve is off (it runs on one host)", flush=True)
+    elif config.probe_every:  # after EpochSeconds (its minutes leave the probe's own time out)
+        from keras_music_ssl.probe.curve import LearningCurve
+
+        callbacks.append(LearningCurve(_probe_dataset(config, data_dir), config.probe_every, run_dir=out,
+                                       history=history_csv, seed=config.seed))
     if valid is None:
         print("no validation data: the collapse monitor is off (pass valid_data / --valid-data)", flush=True)
     elif process_count() > 1:  # Keras' predict cannot fetch arrays that span other processes
@@ -401,8 +420,8 @@ def _fit(out, config, model, train, valid, data_name, distribution, verbose):
     preset = os.path.join(out, "preset")
     # The run's settings and data go into the preset for its model card (card.py). The card is
     # meant to be published, so paths keep their last component only (no home folders).
-    settings = {key: os.path.basename(os.path.normpath(value)) if key in ("data", "valid_data", "audio_cache")
-                and value else value for key, value in config.to_dict().items()}
+    settings = {key: os.path.basename(os.path.normpath(value))
+                if key in ("data", "valid_data", "audio_cache", "probe_dataset") and value else value for key, value in config.to_dict().items()}
     dataset = {"name": data_name, "description": (
         f"the embedded rendered dataset ({config.dataset_size} size, seed {config.seed}): scores of music21's "
         "corpus played by a General MIDI SoundFont (pretty_midi's TimGM6mb), rendered at 16 kHz mono "
@@ -416,7 +435,7 @@ def _fit(out, config, model, train, valid, data_name, distribution, verbose):
                                  data=data_name, encoder=config.encoder, epochs=config.epochs,
                                  steps_per_epoch=config.steps_per_epoch, batch_size=config.batch_size,
                                  seed=config.seed, training=settings, dataset=dataset)
-    rows = _read_history(history_csv)
+    rows = read_history(history_csv)
     summary = {"method": config.method, "encoder": config.encoder, "data": data_name,
                "backend": keras.backend.backend(), "distribute": distribution.name,
                "devices": distribution.num_devices, "epochs": config.epochs,
@@ -430,7 +449,8 @@ def _fit(out, config, model, train, valid, data_name, distribution, verbose):
     return summary
 
 
-def _read_history(path):
+def read_history(path):
+    """The rows of a run's ``history.csv`` as ``{column: float}`` (empty and ``NA`` cells left out)."""
     import csv
 
     if not os.path.exists(path):

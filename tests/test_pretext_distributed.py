@@ -310,9 +310,9 @@ def _kmssl(backend, out, data_dir, *extra, prefix=("-m", "keras_music_ssl")):
 
 
 def _losses(run_dir):
-    from keras_music_ssl.train import _read_history
+    from keras_music_ssl.train import read_history
 
-    return [row["loss"] for row in _read_history(os.path.join(run_dir, "history.csv"))]
+    return [row["loss"] for row in read_history(os.path.join(run_dir, "history.csv"))]
 
 
 @pytest.mark.slow

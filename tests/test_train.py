@@ -209,8 +209,12 @@ def test_compare_two_methods_writes_one_report_with_the_floors_and_resumes(data_
         assert f"| {row['model']} |" in table
     assert "| small_musicnn | supervised (reference) |" in table
     for name in ("comparison.md", "comparison.png", "pretraining.png", "probe/results.json",
-                 "runs/contrastive/preset/config.json", "runs/byol/model.keras"):
+                 "runs/contrastive/preset/config.json", "runs/byol/model.keras", "runs/byol/pretraining.png"):
         assert os.path.exists(os.path.join(out, name)), name
+    # each run probed itself on the comparison's dataset (its learning curve), every task
+    history = _read_csv(os.path.join(out, "runs", "contrastive", "history.csv"))
+    assert 0.0 <= float(history[-1]["probe_instruments_roc_auc"]) <= 1.0
+    assert "Every task (instruments, " in table
     # the same settings for both methods
     configs = [json.load(open(os.path.join(out, "runs", m, "config.json")))["config"] for m in ("contrastive", "byol")]
     assert {k: v for k, v in configs[0].items() if k != "method"} == {k: v for k, v in configs[1].items() if k != "method"}
@@ -234,7 +238,7 @@ def test_quickstart_end_to_end_on_the_tiny_set(data_dir, tmp_path, capsys, monke
 
     monkeypatch.setattr(quickstart, "DATASET_SIZE", "tiny")
     monkeypatch.setattr(quickstart, "BUDGET", dict(method="contrastive", encoder="tiny", epochs=1, steps_per_epoch=2,
-                                                    batch_size=4, learning_rate=1e-3))
+                                                    batch_size=4, learning_rate=1e-3, probe_every=1))
     out = str(tmp_path / "qs")
     assert cli.main(["quickstart", "--out", out, "--quiet"]) == 0
     captured = capsys.readouterr()
@@ -248,6 +252,12 @@ def test_quickstart_end_to_end_on_the_tiny_set(data_dir, tmp_path, capsys, monke
     assert os.path.getsize(os.path.join(out, "tagger.tflite")) > 10000
     assert os.path.exists(os.path.join(out, "preset", "config.json"))
     assert "| logmel-stats |" in printed and "| tiny-init |" in printed
+    # every task of the rendered set: a column each, a verdict each, and the learning curve
+    tasks = list(summary["tasks"])
+    assert tasks[0] == "instruments" and len(tasks) >= 2
+    assert all(f"{task}: contrastive " in printed for task in tasks)
+    assert "| model | instruments (ROC-AUC) | " in printed
+    assert os.path.getsize(os.path.join(out, "pretraining.png")) > 1000
     # `kmssl tag` printed the clip's top tags, from the tag vocabulary
     from keras_music_ssl.data.labeled_csv import read_labeled_dataset
 

@@ -29,7 +29,7 @@ def add_arguments(parser):
     parser.add_argument("--bootstrap", type=int, default=50, metavar="N", help="bootstrap resamples (default 50)")
     add_reference_option(parser)
     parser.add_argument("--probe-epochs", type=int, default=None, help="at most this many probe epochs (default 100)")
-    add_pretrain_options(parser, exclude=("method",))
+    add_pretrain_options(parser, exclude=("method", "probe_dataset"))  # --probe-dataset serves both
 
 
 def run(args):

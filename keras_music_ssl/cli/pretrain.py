@@ -45,8 +45,14 @@ OPTIONS = {
                                              "the released code used 999)"),
     "--seed": ("seed", "seed of weights, views and shuffling (default 0)"),
     "--checkpoint-every": ("checkpoint_every", "write checkpoints/epochNNN.keras every N epochs (default 1)"),
+    "--probe-every": ("probe_every", "every N epochs, a fast linear probe of the encoder per task on "
+                                     "--probe-dataset, logged to history.csv / TensorBoard and drawn in "
+                                     "pretraining.png beside the floors (default: off)"),
+    "--probe-dataset": ("probe_dataset", "labeled dataset of --probe-every (as kmssl probe takes; default: the "
+                                         "rendered dataset when no --data)"),
 }
-TYPES = {"data": str, "valid_data": str, "audio_cache": str, "noise_snr_db": float, "momentum_epochs": int}  # default None
+TYPES = {"data": str, "valid_data": str, "audio_cache": str, "noise_snr_db": float, "momentum_epochs": int,
+         "probe_every": int, "probe_dataset": str}  # default None
 
 
 def add_pretrain_options(parser, exclude=()):
