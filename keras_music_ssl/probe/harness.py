@@ -2,11 +2,14 @@
 
 For each model (the ones asked for, then ``logmel-stats`` unless ``baseline=False``):
 
-1. frozen embeddings of the train / valid / test splits (``extract.py``, cached, resumable);
-2. a probe on all training segments (``probe.py``), early-stopped on the validation tracks;
+1. frozen embeddings of the train / valid / test splits (``extract.py``, cached, resumable),
+   once for every task of the dataset;
+2. per task, a probe on the training segments of its labelled tracks (``probe.py``),
+   early-stopped on the validation tracks;
 3. test metrics with a bootstrap over test tracks (``metrics.py``); the test predictions go to
    ``predictions/<model>.npz`` and the head to ``heads/<model>.keras`` (a ``TagHead`` with the
    tag names inside, which ``kmssl export --head`` takes with the encoder it was trained on);
+   for a task after the main one, ``predictions/TASK/`` and ``heads/TASK/``;
 4. with ``fractions``: the same probe on seeded subsets of the training tracks (``fractions.py``).
 
 The report (``report.py``) is rewritten after each model, and each finished model's result is
