@@ -310,6 +310,7 @@ def _run(out, config, distribution, data_dir, verbose):
     model = build_model(config)  # first: a bad method option fails before any data is built
     keras.utils.set_random_seed(config.seed)  # before the datasets: tf.data shuffles use the global seed
     train, valid, data_name = resolve_data(config, data_dir, progress=bool(verbose))
+    curve = _learning_curve(config, out, data_dir)
     # Only now: settings refused above leave no run folder that a corrected command would clash with.
     with storage.locked(out):
         _check_run_folder(out, config)  # again, with the lock: another process may have just started it
@@ -325,7 +326,7 @@ def _run(out, config, distribution, data_dir, verbose):
         initial = os.path.join(out, INITIAL)
         if not os.path.isdir(initial):
             _save_initial(initial, model.encoder, config)
-        return _fit(out, config, model, train, valid, data_name, distribution, verbose, data_dir)
+        return _fit(out, config, model, train, valid, data_name, distribution, verbose, curve)
 
 
 INITIAL = "initial"
@@ -355,15 +356,28 @@ def _restore(out, config, model):
         return build_model(config), 0
 
 
-def _probe_dataset(config, data_dir):
-    if config.probe_dataset is not None:
-        return config.probe_dataset
-    from keras_music_ssl.data.embedded import embedded_dataset
+def _learning_curve(config, out, data_dir):
+    """The run's ``LearningCurve`` callback, or None; its dataset is loaded and checked here, before
+    the run folder is written, so a --probe-dataset mistake leaves nothing behind."""
+    from keras_music_ssl.pretext.distribute import process_count
 
-    return embedded_dataset(config.dataset_size, config.seed, data_dir, progress=False).root
+    if not config.probe_every:
+        return None
+    if process_count() > 1:
+        print("several processes: the learning curve is off (it runs on one host)", flush=True)
+        return None
+    from keras_music_ssl.probe.curve import LearningCurve
+
+    dataset = config.probe_dataset
+    if dataset is None:
+        from keras_music_ssl.data.embedded import embedded_dataset
+
+        dataset = embedded_dataset(config.dataset_size, config.seed, data_dir, progress=False).root
+    return LearningCurve(dataset, config.probe_every, run_dir=out, history=os.path.join(out, "history.csv"),
+                         seed=config.seed)
 
 
-def _fit(out, config, model, train, valid, data_name, distribution, verbose, data_dir=None):
+def _fit(out, config, model, train, valid, data_name, distribution, verbose, curve=None):
     import keras
 
     from keras_music_ssl.backup import Backup, Checkpoint
@@ -387,13 +401,8 @@ def _fit(out, config, model, train, valid, data_name, distribution, verbose, dat
         print(f"{out}: resuming after epoch {done} of {config.epochs}", flush=True)
 
     callbacks = [_epoch_seconds_callback(), ViewSamplerCounts(sampler)]
-    if config.probe_every and process_count() > 1:
-        print("several processes: the learning curve is off (it runs on one host)", flush=True)
-    elif config.probe_every:  # after EpochSeconds (its minutes leave the probe's own time out)
-        from keras_music_ssl.probe.curve import LearningCurve
-
-        callbacks.append(LearningCurve(_probe_dataset(config, data_dir), config.probe_every, run_dir=out,
-                                       history=history_csv, seed=config.seed))
+    if curve is not None:  # after EpochSeconds (its minutes leave the probe's own time out)
+        callbacks.append(curve)
     if valid is None:
         print("no validation data: the collapse monitor is off (pass valid_data / --valid-data)", flush=True)
     elif process_count() > 1:  # Keras' predict cannot fetch arrays that span other processes

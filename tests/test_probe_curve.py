@@ -62,3 +62,18 @@ def test_fast_probe_separates_a_separable_task_and_not_shuffled_labels():
     assert learned["roc_auc"] > 0.9 and learned["accuracy"] > 0.8
     shuffled = fast_probe(x[:80], rng.permutation(multi[:80]), x[80:], multi[80:], False)
     assert abs(shuffled["roc_auc"] - 0.5) < 0.15
+
+
+@pytest.mark.backend_independent  # option checks: the same on every backend
+def test_a_probe_dataset_mistake_is_one_line_before_the_run_folder_exists(data_dir, tmp_path, capsys):
+    from keras_music_ssl.cli import main
+
+    out = tmp_path / "run"
+    tiny = ["--dataset-size", "tiny", "--encoder", "tiny", "--batch-size", "4", "--epochs", "1", "--quiet"]
+    for extra, reason in ((["--probe-every", "1", "--probe-dataset", str(tmp_path / "nowhere")], "no such folder"),
+                          (["--probe-every", "0"], "--probe-every must be >= 1"),
+                          (["--probe-every", "1", "--data", str(tmp_path)], "say which labeled dataset")):
+        assert main(["pretrain", "--out", str(out), *tiny, *extra]) == 2
+        err = capsys.readouterr().err
+        assert len(err.splitlines()) == 1 and reason in err, err
+        assert not out.exists()
