@@ -38,10 +38,12 @@ def run(args):
     from keras_music_ssl.probe.datasets import ProbeDataError
 
     try:
+        settings = settings_from(args)
+        settings.pop("probe_dataset", None)  # compare's own option: the probe's and the learning curves' dataset
         comparison = compare(args.out, methods=args.methods, probe_dataset=args.probe_dataset,
                              protocol=args.protocol, bootstrap=args.bootstrap, data_dir=args.data_dir,
                              probe_options=None if args.probe_epochs is None else {"epochs": args.probe_epochs},
-                             verbose=0 if args.quiet else 1, reference=reference_from(args), **settings_from(args))
+                             verbose=0 if args.quiet else 1, reference=reference_from(args), **settings)
     # ProbeDataError: named until it is a KmsslError; FileNotFoundError: a --data source not found
     except (KmsslError, ProbeDataError, FileNotFoundError) as error:
         print(f"kmssl compare: {str(error).splitlines()[0] if str(error) else type(error).__name__}",
