@@ -111,6 +111,14 @@ def table(args, paths):
             points.append((chosen[budget][1], roc["point"], roc["ci95"]))
         lines.append(f"| {name} | {spent} | {roc['point']:.3f} [{roc['ci95'][0]:.3f}, {roc['ci95'][1]:.3f}] "
                      f"| {test['accuracy']['point']:.3f} | {test['f1_macro']['point']:.3f} |")
+    from keras_music_ssl.probe.verdict import verdict
+
+    tests = {name: result["test"] for name, result in results["models"].items()}
+    floors = [name for name in ("medium-init", "random", "logmel-stats") if name in tests]
+    lines += ["", "Against every floor (test macro ROC-AUC, paired bootstrap over the same resamples):", ""]
+    lines += [f"- {verdict(tests, name, floors)}" for name in tests if name.startswith("contrastive-")]
+    lines += [f"- {verdict(tests, name, floors)} (supervised reference)" for name in tests
+              if not name.startswith("contrastive-") and name not in floors]
     markdown = "\n".join(lines)
     comparison = os.path.join(args.out, "compare", "comparison.md")
     if os.path.exists(comparison):
