@@ -77,7 +77,8 @@ def probe(args, paths):
         models.append((f"contrastive-{budget:g}min", encoder))
         print(f"budget {budget:g} min: epoch {epoch} ({minutes:.1f} min)", flush=True)
     initial = same_config_floor(paths["long"], RECIPE["encoder"], args.seed)
-    models += ["random", *([initial] if initial else []), *supervised_reference()]
+    references = supervised_reference(None if args.reference == "none" else args.reference)
+    models += ["random", *([initial] if initial else []), *references]
     run_probe(paths["labeled"], models, os.path.join(args.out, "probe"), seed=args.seed)
 
 
@@ -153,6 +154,8 @@ def main():
     parser.add_argument("--budgets", type=float, nargs="+", default=[10.0, 30.0, 90.0], metavar="MINUTES")
     parser.add_argument("--epochs", type=int, default=200, help="epochs of the long run (50 steps each; default "
                                                                 "200, more than the largest budget needs on 2 cores)")
+    parser.add_argument("--reference", default="musicnn_mtt", help="supervised reference of the probe phase "
+                                                                    "(a tagger preset; none: none)")
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args()
     globals()[args.phase](args, _paths(args))
