@@ -15,7 +15,6 @@ write left a run that could never resume. Its folders (from keras-music-ssl <= 0
 read, as one state.
 """
 
-import hashlib
 import os
 import pathlib
 import re
@@ -26,20 +25,13 @@ import keras
 import numpy as np
 
 from keras_music_ssl import storage
+from keras_music_ssl.download import sha256_of
 
 WEIGHTS = "model.weights.h5"
 STATE = "state.json"
 KEEP = 2
 _NAME = re.compile(r"epoch-(\d{4,})$")
 _LEGACY = ("latest.weights.h5", "training_metadata.json")  # keras.callbacks.BackupAndRestore
-
-
-def _sha256(path):
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 def states(folder):
@@ -58,7 +50,7 @@ def save_state(model, folder, epoch):
         tmp.mkdir(parents=True)
         model.save_weights(str(tmp / WEIGHTS))
         storage.fault_point("backup:weights")
-        storage.write_json(tmp / STATE, {"epoch": int(epoch), "sha256": _sha256(tmp / WEIGHTS)})
+        storage.write_json(tmp / STATE, {"epoch": int(epoch), "sha256": sha256_of(tmp / WEIGHTS)})
     storage.fault_point("backup:renamed")
     for old in states(folder)[:-KEEP]:
         shutil.rmtree(old, ignore_errors=True)
@@ -95,7 +87,7 @@ def restore(model, folder):
     failures = []
     for epoch, weights, sha256 in candidates:
         try:
-            if sha256 is not None and _sha256(weights) != sha256:
+            if sha256 is not None and sha256_of(weights) != sha256:
                 raise ValueError("checksum mismatch: the file was damaged after it was written")
             model.load_weights(str(weights))
             if failures:

@@ -18,12 +18,12 @@ authors' schema stores ``val_loss`` (and a numpy LR schedule stores optimizer va
 numpy floats, which plain ``weights_only`` loading refuses. They only rebuild data.
 """
 
-import hashlib
 import pathlib
 import re
 import warnings
 
 from keras_music_ssl.card import PAPER_CITATION, PAPER_URL
+from keras_music_ssl.download import sha256_of
 from keras_music_ssl.presets import DEEZER_PRESETS, PresetNotFoundError, weights_dir
 from keras_music_ssl.torch_weights import (FILTERBANK_KEY, WINDOW_KEY, frontend_mismatch,
                                            load_torch_state_dict)
@@ -201,14 +201,6 @@ def infer_encoder_config(backbone_state, heads=DEFAULT_HEADS):
     return {"width": width, "layers": layers, "heads": int(heads), "output_dim": output_dim}
 
 
-def file_sha256(path):
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
-
-
 def _plain(value):
     """A JSON-friendly copy of checkpoint run metadata (numbers, strings, lists)."""
     if isinstance(value, (list, tuple)):
@@ -295,7 +287,7 @@ def convert_checkpoint(path, out_dir, branch="student", heads=DEFAULT_HEADS, met
               if key in backbone]
     metadata = {
         "method": method or method_name(checkpoint, path),
-        "source": {"file": path.name, "sha256": file_sha256(path), "branch": branch,
+        "source": {"file": path.name, "sha256": sha256_of(path), "branch": branch,
                    "prefix": prefix, "release": SOURCE},
         "licence": LICENCE,
         "encoder_config": {**config, "layers": list(config["layers"])},

@@ -49,6 +49,9 @@ from concurrent.futures import ProcessPoolExecutor
 import numpy as np
 import soundfile as sf
 
+from keras_music_ssl import storage
+from keras_music_ssl.download import sha256_of
+
 try:
     import soxr
 except ImportError:  # librosa.resample then runs the same resampler (soxr_hq)
@@ -101,18 +104,8 @@ def log(message):
 
 def write_atomic(path, write):
     """write(tmp) then rename: a killed run leaves no half file under the final name."""
-    os.makedirs(os.path.dirname(path), exist_ok=True)
-    tmp = path + ".partial"
-    write(tmp)
-    os.replace(tmp, path)
-
-
-def sha256_file(path):
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
+    with storage.atomic_target(path) as tmp:
+        write(str(tmp))
 
 
 # --- 1. packages ---------------------------------------------------------------------------
@@ -370,7 +363,7 @@ def main():
         tree = extract(deb)
         found = select_tracks(name, package, tree, source, seen, skipped)
         packages.append({"source": name, "package": package, "version": deb_field(deb, "Version"),
-                         "deb": os.path.basename(deb), "sha256": sha256_file(deb), "licence": source.licence,
+                         "deb": os.path.basename(deb), "sha256": sha256_of(deb), "licence": source.licence,
                          "copyright": f"/usr/share/doc/{package}/copyright", "tracks": len(found)})
         log(f"{name}: {package} {packages[-1]['version']}: {len(found)} tracks")
         tracks += found
