@@ -224,21 +224,13 @@ class LearningCurve(keras.callbacks.Callback):
 
     def on_train_begin(self, logs=None):
         self.floor_values = self.floor_scores()
-        self.minutes = self._earlier_minutes()
-        self.points = self._read_points()
+        self.points, self.minutes = self._read_history()
 
-    def _earlier_minutes(self):
-        """Pretraining minutes of the epochs a resumed run has behind it (``history.csv``)."""
+    def _read_history(self):
+        """``(points, minutes)`` a resumed run has behind it (``history.csv``): its curve so far
+        and its pretraining minutes."""
         if not self.history or not os.path.exists(self.history):
-            return 0.0
-        from keras_music_ssl.train import read_history
-
-        return sum(row.get("epoch_seconds", 0.0) for row in read_history(self.history)) / 60
-
-    def _read_points(self):
-        """The curve so far, from ``history.csv`` (a resumed run keeps its earlier points)."""
-        if not self.history or not os.path.exists(self.history):
-            return []
+            return [], 0.0
         from keras_music_ssl.train import read_history
 
         points, minutes = [], 0.0
@@ -248,7 +240,7 @@ class LearningCurve(keras.callbacks.Callback):
                       if math.isfinite(row.get(f"probe_{task.name}_roc_auc", math.nan))}
             if scores:
                 points.append({"epoch": int(row["epoch"]) + 1, "minutes": minutes, "roc_auc": scores})
-        return points
+        return points, minutes
 
     def on_epoch_end(self, epoch, logs=None):
         if logs is None:
