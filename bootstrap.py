@@ -2,8 +2,8 @@
 """Set up a virtual environment for keras-music-ssl and run a command in it (stdlib only).
 
     python3 bootstrap.py quickstart [ARGS...]   # kmssl quickstart ARGS      (installs .[data])
-    python3 bootstrap.py test [ARGS...]         # tests/run_backends.py ARGS (installs .[jax,torch,data,test,onnx,beam,hub]
-                                                #  and, with npm, js/'s onnxruntime-node)
+    python3 bootstrap.py test [ARGS...]         # tests/run_backends.py ARGS (installs .[jax,torch,data,test,onnx,beam,hub],
+                                                #  with npm js/'s onnxruntime-node and -web, as root Debian's chromium)
     python3 bootstrap.py test-slow [ARGS...]    # tests/run_backends.py --slow ARGS
     python3 bootstrap.py install                # (re)install everything the tests need, then stop
     python3 bootstrap.py run CMD [ARGS...]      # run CMD (e.g. kmssl, python) from the venv
@@ -17,7 +17,9 @@ deleting ``<venv>/kmssl-bootstrap.json`` does the same for the next call.
 
 Besides the package's own extras this installs two things pyproject.toml cannot declare:
 tinysoundfont (the SoundFont renderer of the offline dataset) with its metadata fixed, see
-``patched_tinysoundfont``, and, for the tests, hearvalidator (the HEAR 2021 API checker).
+``patched_tinysoundfont``, and, for the tests, hearvalidator (the HEAR 2021 API checker). The
+tests' set-up also installs js/'s Node.js packages (``install_node_packages``) and, when it runs
+as root, Debian's chromium for the browser test (``install_browser``).
 """
 
 import sys
@@ -265,6 +267,32 @@ def install_node_packages():
         f.write(digest + "\n")
 
 
+def install_browser():
+    """Debian's ``chromium`` for tests/test_web.py, the browser tagger in a real headless browser.
+
+    Installed with apt-get when this runs as root and no ``chromium`` is on PATH. Not root, or
+    no apt-get: the set-up goes on and that test is skipped, saying why. Playwright (the ``test``
+    extra) drives this system browser; its own browser download is never used.
+    """
+    if shutil.which("chromium") or shutil.which("chromium-browser"):
+        return
+    if not hasattr(os, "geteuid") or os.geteuid() != 0:
+        log("chromium not found and not running as root: the browser test (tests/test_web.py) will be "
+            "skipped (install Debian's chromium, e.g. `sudo apt-get install chromium`, to run it)")
+        return
+    apt = shutil.which("apt-get")
+    if apt is None:
+        log("chromium not found and no apt-get: the browser test (tests/test_web.py) will be skipped "
+            "(install Chromium as `chromium` on PATH to run it)")
+        return
+    log("installing Debian's chromium for the browser test (apt-get)")
+    env = dict(os.environ, DEBIAN_FRONTEND="noninteractive")
+    for args in (["update", "-q"], ["install", "-y", "-q", "--no-install-recommends", "chromium"]):
+        code = subprocess.call([apt, *args], env=env)
+        if code != 0:
+            fail(f"`apt-get {' '.join(args)}` failed (exit {code}); see apt's output above")
+
+
 class venv_lock:
     """One bootstrap at a time per venv (a lock file in the temp folder, so nothing lands in the repo)."""
 
@@ -336,6 +364,7 @@ def main(argv):
         install(venv, extras, force=command == "install")
         if "test" in extras:
             install_node_packages()
+            install_browser()
     if target is None:
         log(f"ready: activate with `. {os.path.join(venv_bin(venv), 'activate')}`")
         return 0

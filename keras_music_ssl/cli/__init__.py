@@ -26,6 +26,7 @@ COMMANDS = {
     "compare": "compare",
     "quickstart": "quickstart",
     "upload": "upload",
+    "serve-demo": "serve_demo",
 }
 
 
