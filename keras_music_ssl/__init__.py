@@ -9,7 +9,7 @@ in a process that only ran ``import keras_music_ssl``. Data workers fork
 
 import importlib
 
-__version__ = "0.8.0"
+__version__ = "0.9.0"
 
 from keras_music_ssl.errors import KmsslError, backend_problem  # noqa: E402
 

@@ -289,3 +289,43 @@ def _embed_to_file(encoder, paths, out, batch_size, resume, save_every, preset, 
     if rows is None:
         rows = np.zeros((0, _output_dim(encoder)), np.float32)
     return Embeddings(rows, kept, result.skipped)
+
+
+class Timelines(NamedTuple):
+    embeddings: np.ndarray  # (N, D) track embeddings
+    paths: list
+    skipped: list
+    windows: int  # windows embedded, all files together
+
+
+def embed_timelines_to_file(encoder, paths, out, hop=None, batch_size=32, preset="", max_duration=None,
+                            overwrite=False, progress=True):
+    """Embed every window of each file (``timeline.timeline``) and write one .npz: the usual
+    ``embeddings`` / ``paths`` (track embeddings), and ``window_embeddings`` (W, D), ``window_file``
+    (W,: the row in ``paths``), ``window_start`` / ``window_end`` (W,: seconds), ``hop``. Written
+    once, atomically, at the end (a killed run leaves no .npz). Returns :class:`Timelines`."""
+    from tqdm.auto import tqdm
+
+    from keras_music_ssl.timeline import timeline
+
+    out = storage.check_output(out, "file")
+    if out.exists() and not overwrite:
+        raise ResumeMismatchError(f"{out} exists: --overwrite to replace it, or choose another --out")
+    lines, skipped = [], []
+    with storage.locked(out, folder=False):
+        for path in tqdm([str(p) for p in paths], unit="file", desc="embed", disable=not progress):
+            try:
+                lines.append(timeline(encoder, path, hop=hop, batch_size=batch_size, embeddings=True,
+                                      max_duration=max_duration))
+            except (AudioError, UnusableTrack) as error:
+                skipped.append((path, error.reason))
+        if not lines:
+            return Timelines(np.zeros((0, _output_dim(encoder)), np.float32), [], skipped, 0)
+        tracks = np.stack([line.track_embedding for line in lines])
+        save_embeddings(out, tracks, [line.path for line in lines], preset=preset,
+                        fingerprint=storage.weights_fingerprint(encoder), hop=lines[0].hop,
+                        window_embeddings=np.concatenate([line.embeddings for line in lines]).astype(np.float32),
+                        window_file=np.concatenate([np.full(len(line.start), i) for i, line in enumerate(lines)]),
+                        window_start=np.concatenate([line.start for line in lines]),
+                        window_end=np.concatenate([line.end for line in lines]))
+    return Timelines(tracks, [line.path for line in lines], skipped, sum(len(line.start) for line in lines))

@@ -31,10 +31,13 @@ class TagHead(keras.layers.Layer):
     ``standardize=True`` holds a per-feature ``(x - mean) / std`` (non-trainable, set with
     :meth:`set_standardization` from training features), so a probe trained on standardised
     embeddings takes raw embeddings once saved or exported.
+    ``thresholds`` (one per tag, sigmoid heads only) are the decision rule of :meth:`decide`,
+    ``probability >= threshold``: the probe sets them per tag at the maximum F1 on its validation
+    split (``probe/thresholds.py``). A head without them (None) decides nothing by threshold.
     """
 
     def __init__(self, tags, hidden_units=(), use_bias=False, activation="sigmoid", dropout=0.0,
-                 batch_norm=True, standardize=False, **kwargs):
+                 batch_norm=True, standardize=False, thresholds=None, **kwargs):
         super().__init__(**kwargs)
         tags = [str(tag) for tag in tags]
         if not tags:
@@ -46,6 +49,14 @@ class TagHead(keras.layers.Layer):
             raise ValueError(f"activation must be 'sigmoid', 'softmax' or None, got {activation!r}")
         if not 0.0 <= float(dropout) < 1.0:
             raise ValueError(f"dropout must be in [0, 1), got {dropout}")
+        if thresholds is not None:
+            if activation != "sigmoid":
+                raise ValueError("thresholds are for independent tag probabilities (activation='sigmoid'); a "
+                                 "softmax head decides by arg-max")
+            thresholds = [float(t) for t in thresholds]
+            if len(thresholds) != len(tags) or not all(np.isfinite(thresholds)):
+                raise ValueError(f"thresholds must be {len(tags)} finite numbers, one per tag; got {len(thresholds)}")
+        self.thresholds = thresholds
         self.tags = tags
         self.hidden_units = tuple(int(h) for h in hidden_units)
         self.use_bias = bool(use_bias)
@@ -84,6 +95,18 @@ class TagHead(keras.layers.Layer):
         self.feature_mean.assign(np.asarray(mean, np.float32))
         self.feature_scale.assign(np.where(std > eps, 1.0 / np.maximum(std, eps), 1.0).astype(np.float32))
 
+    def decide(self, probabilities):
+        """Boolean (..., tags) decisions of this head's probabilities: ``p >= threshold`` per tag
+        (sigmoid heads with thresholds), the arg-max class (softmax heads), else None."""
+        probabilities = np.asarray(probabilities)
+        if self.activation == "softmax":
+            return np.arange(self.num_tags) == probabilities.argmax(axis=-1)[..., None]
+        if self.thresholds is None:
+            return None
+        from keras_music_ssl.probe.thresholds import decide
+
+        return decide(probabilities, self.thresholds)
+
     def call(self, embedding, training=None):
         x = embedding
         if self.standardize:
@@ -104,7 +127,8 @@ class TagHead(keras.layers.Layer):
         return {**super().get_config(), "tags": list(self.tags),
                 "hidden_units": self.hidden_units, "use_bias": self.use_bias,
                 "activation": self.activation, "dropout": self.dropout,
-                "batch_norm": self.batch_norm, "standardize": self.standardize}
+                "batch_norm": self.batch_norm, "standardize": self.standardize,
+                "thresholds": None if self.thresholds is None else list(self.thresholds)}
 
 
 @keras.saving.register_keras_serializable(package="keras_music_ssl")

@@ -15,6 +15,10 @@ For a mono 16 kHz track ``x`` (``L`` = 64,000 samples = 4 s):
   starts from, with no padding, so a probe is scored on inputs like the ones it was trained
   on (a zero-padded last chunk shifts short clips' embeddings: on 5 s clips the log-mel mean
   moves by ~30 dB); a track shorter than ``L`` falls back to its one padded chunk;
+- timeline windows (:func:`timeline_windows`; ``kmssl tag --timeline``, ``timeline.py``): windows of
+  ``L`` starting every hop ``H`` samples, ``0, H, 2H, ...`` while the start is inside the track
+  (``ceil(len(x) / H)`` windows), each zero-padded at the end like the last chunk; window ``i``
+  spans ``[i H, min(i H + L, len(x))) / 16000`` seconds. At ``H = L`` they are the track chunks;
 - training segments (the authors' downstream loader, spec §7.2): non-overlapping segments of
   ``L``, the partial last one dropped; a segment is kept if
 
@@ -67,6 +71,30 @@ def chunk_waveform(waveform, num_samples=SEGMENT_SAMPLES):
     padded = np.zeros(n_chunks * num_samples, dtype=np.float32)
     padded[:waveform.size] = waveform
     return padded.reshape(n_chunks, num_samples)
+
+
+def timeline_starts(length, hop_samples):
+    """Sample offsets of a timeline's windows over a track of ``length`` samples: ``0, H, 2H, ... < length``."""
+    hop_samples = int(hop_samples)
+    if hop_samples < 1:
+        raise ValueError(f"the hop must be at least one sample, got {hop_samples}")
+    if length < 1:
+        raise UnusableTrack("empty", "a waveform of 0 samples: nothing to embed")
+    return np.arange(0, int(length), hop_samples, dtype=np.int64)
+
+
+def timeline_windows(waveform, hop_samples, num_samples=SEGMENT_SAMPLES, normalize=True):
+    """``(windows (k, num_samples) float32, starts (k,) samples)`` of a mono track (module docstring):
+    the in-memory definition that ``timeline.py``'s streamed windows equal."""
+    waveform = _mono(waveform)
+    starts = timeline_starts(waveform.size, hop_samples)
+    if normalize:
+        waveform = peak_normalize(waveform)
+    windows = np.zeros((len(starts), num_samples), np.float32)
+    for row, start in enumerate(starts):
+        piece = waveform[start:start + num_samples]
+        windows[row, :piece.size] = piece
+    return windows, starts
 
 
 EVALUATION_CHUNKS = ("segments", "padded")

@@ -23,7 +23,7 @@ from test_export import CLIP, SR, TAGS, reference_track, tracks, varied_clips
 
 from keras_music_ssl.backbone import MusicEncoder
 from keras_music_ssl.export import ExportError, export, load_exported, read_metadata
-from keras_music_ssl.export.onnx import FILES, OPSET
+from keras_music_ssl.export.onnx import FILES, OPSET, signature_files
 from keras_music_ssl.tagger import MusicTagger, TagHead
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
@@ -70,6 +70,7 @@ def test_export_from_this_backend_matches_keras_on_clips_and_tracks(tagger, onnx
 @pytest.mark.tf_only
 def test_graphs_use_standard_onnx_ops_only_with_raw_audio_in(onnx_dir):
     ops = set()
+    assert sorted(p.name for p in onnx_dir.glob("*.onnx")) == ["clips.onnx", "head.onnx", "track.onnx"]
     for call, file in FILES.items():
         model = onnx.load(str(onnx_dir / file))
         onnx.checker.check_model(model, full_check=True)
@@ -80,6 +81,9 @@ def test_graphs_use_standard_onnx_ops_only_with_raw_audio_in(onnx_dir):
         ops |= {node.op_type for node in model.graph.node}
         (waveform,) = model.graph.input
         dims = [d.dim_value or d.dim_param for d in waveform.type.tensor_type.shape.dim]
+        if call == "head":  # the tags of embeddings (batch, D): what a timeline's track tags need
+            assert waveform.name == "embedding" and isinstance(dims[0], str) and dims[1] == 32
+            continue
         assert waveform.name == "waveform" and waveform.type.tensor_type.elem_type == onnx.TensorProto.FLOAT
         if call == "clips":  # any batch of 4 s clips
             assert isinstance(dims[0], str) and dims[1] == CLIP
@@ -93,14 +97,16 @@ def test_graphs_use_standard_onnx_ops_only_with_raw_audio_in(onnx_dir):
 def test_tag_names_travel_in_the_metadata_and_as_a_graph_output(tagger, onnx_dir):
     assert read_metadata(onnx_dir)["tags"] == tagger.tags
     assert (onnx_dir / "tags.txt").read_text().split() == tagger.tags
-    for call, file in FILES.items():
+    assert signature_files(read_metadata(onnx_dir)) == {"tag": "clips.onnx", "tag_track": "track.onnx", "head": "head.onnx"}
+    for signature, file in signature_files(read_metadata(onnx_dir)).items():
         session = onnxruntime.InferenceSession(str(onnx_dir / file), providers=["CPUExecutionProvider"])
         props = session.get_modelmeta().custom_metadata_map
         assert props["tags"].split("\n") == tagger.tags
         meta = json.loads(props["keras_music_ssl"])
-        assert (meta["kind"], meta["signature"], meta["clip_samples"]) == ("tagger", f"tag{'_track' * (call == 'track')}", CLIP)
-        waveform = np.zeros((1, CLIP) if call == "clips" else (CLIP,), np.float32)
-        (tags,) = session.run(["tags"], {"waveform": waveform})
+        assert (meta["kind"], meta["signature"], meta["clip_samples"]) == ("tagger", signature, CLIP)
+        inputs = {"head": {"embedding": np.zeros((1, 32), np.float32)}, "tag": {"waveform": np.zeros((1, CLIP), np.float32)},
+                  "tag_track": {"waveform": np.zeros(CLIP, np.float32)}}[signature]
+        (tags,) = session.run(["tags"], inputs)
         assert list(tags) == tagger.tags
 
 

@@ -71,13 +71,17 @@ def test_probe_end_to_end_in_each_format_writes_the_report(writer, encoder, tmp_
         # anyone can recompute the metrics from the predictions file
         with np.load(out / "predictions" / f"{name}.npz") as p:
             assert p["tags"].tolist() == tags and len(p["paths"]) == 4
-            again = tagging_metrics(p["labels"], p["probabilities"], tags)
+            # the decisions too, with the thresholds the saved head holds (max F1 on the valid split)
+            thresholds = load_tag_head(out / "heads" / f"{name}.keras").thresholds
+            again = tagging_metrics(p["labels"], p["probabilities"], tags, thresholds=thresholds)
         assert again["roc_auc_macro"] == pytest.approx(test["roc_auc_macro"]["point"], abs=1e-12)
+        assert again["f1_micro"] == pytest.approx(test["f1_micro"]["point"], abs=1e-12)
         assert again["tags_excluded"] == test["tags_excluded"] and again["tags_scored"] == test["tags_scored"]
         assert test["tags_scored"] + len(test["tags_excluded"]) == len(tags)
         assert model["tracks"] == {"train": 6, "valid": 3, "test": 4} and model["train_segments"] == 6
     assert "| tiny |" in (out / "results.md").read_text() and "| logmel-stats |" in (out / "results.md").read_text()
-    assert (out / "results.csv").read_text().count("\ntiny,") == 4
+    assert (out / "results.csv").read_text().count("\ntiny,") == 4 + 6  # ROC/PR-AUC, then the decisions
+    assert "Decisions" in (out / "results.md").read_text()
     assert (out / "bootstrap.png").stat().st_size > 1000 and not (out / "fractions.png").exists()
 
 

@@ -1,5 +1,8 @@
 """kmssl embed: one track embedding per audio file (mean of 4-s chunk embeddings) -> .npz.
 
+With ``--timeline`` the .npz also holds every window's embedding with its times
+(``keras_music_ssl/timeline.py``: 4 s windows every ``--hop`` seconds, the whole file, streamed).
+
 With ``--runner beam`` the files are embedded by an Apache Beam pipeline into a folder of
 shards (``keras_music_ssl/embed_beam.py``), resumable by shard, with the same numbers.
 
@@ -33,9 +36,15 @@ def add_arguments(parser):
                         help="keep the files already in --out and embed only the others; refused when "
                              "--out was written with other weights (a --runner beam run always resumes)")
     parser.add_argument("--overwrite", action="store_true", help="replace an existing --out .npz")
-    parser.add_argument("--max-duration", type=float, default=600.0, metavar="SECONDS",
-                        help="embed at most the first SECONDS of each file (default 600, as the paper; "
-                             "0: the whole file, whatever its length, in memory); files cut are counted")
+    parser.add_argument("--max-duration", type=float, default=None, metavar="SECONDS",
+                        help="embed at most the first SECONDS of each file (default 600, as the paper; with "
+                             "--timeline the whole file; 0: the whole file, whatever its length); files cut "
+                             "are counted")
+    parser.add_argument("--timeline", action="store_true",
+                        help="also store every window's embedding: arrays window_embeddings (W, D), window_file "
+                             "(W,: row of paths), window_start / window_end (seconds); local runner, no --resume")
+    parser.add_argument("--hop", type=float, default=None, metavar="SECONDS",
+                        help="--timeline: seconds between window starts (default 4, the window; implies --timeline)")
     parser.add_argument("--save-every", type=float, default=300.0, metavar="SECONDS",
                         help="rewrite --out at most this often while running, so that an "
                              "interrupted run can --resume (default 300; local runner only)")
@@ -89,6 +98,16 @@ def run(args):
         print("kmssl embed: --batch-size and --files-per-shard must be positive and --save-every a finite "
               "number >= 0.", file=sys.stderr)
         return 2
+    args.timeline = bool(args.timeline or args.hop is not None)
+    if args.hop is not None and not (0 < args.hop < math.inf):
+        print("kmssl embed: --hop must be a positive number of seconds.", file=sys.stderr)
+        return 2
+    if args.timeline and (args.runner == "beam" or args.resume):
+        print("kmssl embed: --timeline runs on the local runner and writes its .npz once, at the end: "
+              "no --runner beam, no --resume.", file=sys.stderr)
+        return 2
+    if args.max_duration is None:
+        args.max_duration = 0.0 if args.timeline else 600.0
     if not (0 <= args.max_duration < math.inf):
         print("kmssl embed: --max-duration must be a finite number of seconds >= 0 (0: whole files).",
               file=sys.stderr)
@@ -119,6 +138,8 @@ def run(args):
         print(f"kmssl embed: {error}", file=sys.stderr)
         return 2
     max_duration = args.max_duration or None
+    if args.timeline:
+        return _run_timeline(args, encoder, paths, max_duration)
     try:
         result = embed_to_file(encoder, paths, args.out, args.batch_size, resume=args.resume,
                                save_every=args.save_every, preset=str(args.preset), max_duration=max_duration,
@@ -134,6 +155,24 @@ def run(args):
         report_cut(result.paths, max_duration, "embedded")
     else:
         print("no file could be embedded; nothing written.", file=sys.stderr)
+    if result.skipped:
+        print(f"{len(result.skipped)} of {len(paths)} file(s) skipped.", file=sys.stderr)
+        return 1
+    return 0
+
+
+def _run_timeline(args, encoder, paths, max_duration):
+    from keras_music_ssl.embed import embed_timelines_to_file
+
+    result = embed_timelines_to_file(encoder, paths, args.out, hop=args.hop, batch_size=args.batch_size,
+                                     preset=str(args.preset), max_duration=max_duration, overwrite=args.overwrite)
+    for path, reason in result.skipped:
+        print(f"skipped {path}: {reason}", file=sys.stderr)
+    if not result.paths:
+        print("no file could be embedded; nothing written.", file=sys.stderr)
+    else:
+        print(f"{len(result.paths)} file(s), {result.windows} windows embedded -> {args.out}")
+        report_cut(result.paths, max_duration, "embedded")
     if result.skipped:
         print(f"{len(result.skipped)} of {len(paths)} file(s) skipped.", file=sys.stderr)
         return 1

@@ -104,28 +104,50 @@ def _check_finite(path, data, where):
         raise AudioError(path, "non_finite", f"NaN or infinite samples {where}")
 
 
+def _soundfile_blocks(f, path, limit):
+    """(frames, channels) float32 blocks of an open ``soundfile.SoundFile``, at most ``limit`` frames.
+    Read block by block so that a stream failing part-way is reported as truncated, not undecodable."""
+    done = 0
+    while done < limit:
+        try:
+            block = f.read(min(_BLOCK, limit - done), dtype="float32", always_2d=True)
+        except Exception as error:  # the header was fine, the stream breaks (lost sync)
+            raise AudioError(path, "truncated", f"decoder failed after {done} of {f.frames} frames: {error}") from None
+        if len(block) == 0:
+            break
+        done += len(block)
+        yield block
+
+
 def _read_soundfile(path, max_frames):
-    """(frames, channels) float32, sample rate, declared frames, format. Reads block by block
-    so that a stream failing part-way is reported as truncated, not undecodable."""
+    """(frames, channels) float32, sample rate, declared frames, format."""
     import soundfile as sf
 
     with sf.SoundFile(os_path(path)) as f:
         declared, limit = f.frames, f.frames if not max_frames else min(f.frames, max_frames)
-        blocks, done = [], 0
-        while done < limit:
-            try:
-                block = f.read(min(_BLOCK, limit - done), dtype="float32", always_2d=True)
-            except Exception as error:  # the header was fine, the stream breaks (lost sync)
-                raise AudioError(path, "truncated",
-                                 f"decoder failed after {done} of {declared} frames: {error}") from None
-            if len(block) == 0:
-                break
-            blocks.append(block)
-            done += len(block)
+        blocks = list(_soundfile_blocks(f, path, limit))
         data = np.concatenate(blocks) if blocks else np.zeros((0, f.channels), np.float32)
         if f.format in ("WAV", "WAVEX"):
             declared = _wav_declared_frames(path) or declared
         return data, f.samplerate, declared, f.format
+
+
+def _audioread_blocks(f, max_duration):
+    """(frames, channels) float32 blocks of an open audioread file (16-bit PCM buffers)."""
+    channels, limit, count, rest = f.channels, int(max_duration * f.samplerate) * f.channels if max_duration else None, 0, None
+    for buf in f:
+        samples = np.frombuffer(buf, dtype="<i2")
+        if limit is not None:
+            samples = samples[:max(limit - count, 0)]
+        count += len(samples)
+        if rest is not None:  # a buffer may end inside a frame
+            samples = np.concatenate([rest, samples])
+        whole = len(samples) // channels * channels
+        rest = samples[whole:]
+        if whole:
+            yield samples[:whole].reshape(-1, channels).astype(np.float32) / 32768.0
+        if limit is not None and count >= limit:
+            break
 
 
 def _read_audioread(path, max_duration):
@@ -133,17 +155,9 @@ def _read_audioread(path, max_duration):
     import audioread
 
     with audioread.audio_open(path) as f:
-        channels, sr = f.channels, f.samplerate
-        limit = int(max_duration * sr) * channels if max_duration else None
-        chunks, count = [], 0
-        for buf in f:
-            chunks.append(np.frombuffer(buf, dtype="<i2"))
-            count += len(chunks[-1])
-            if limit and count >= limit:
-                break
-    data = np.concatenate(chunks)[:limit] if chunks else np.zeros(0, "<i2")
-    data = data[: len(data) // channels * channels].reshape(-1, channels)
-    return data.astype(np.float32) / 32768.0, sr
+        blocks, channels, sr = list(_audioread_blocks(f, max_duration)), f.channels, f.samplerate
+    data = np.concatenate(blocks) if blocks else np.zeros((0, channels), np.float32)
+    return data, sr
 
 
 def _decode(path, max_duration):
@@ -203,6 +217,75 @@ def load_audio(path, sample_rate=SAMPLE_RATE, mono=True, normalize=True,
         data = peak_normalize(data)
         _check_finite(path, data, "after normalisation")
     return np.ascontiguousarray(data, dtype=np.float32)
+
+
+def _open_stream(path, max_duration):
+    """``(sample rate, declared frames or None, format, block iterator, close)``: soundfile first,
+    audioread when libsndfile cannot open the file (the order of :func:`_decode`)."""
+    try:
+        import soundfile as sf
+
+        f = sf.SoundFile(os_path(path))
+    except Exception as sf_error:
+        try:
+            import audioread
+
+            f = audioread.audio_open(path)
+        except Exception as fb_error:
+            detail = f"soundfile: {sf_error}; audioread: {type(fb_error).__name__} {fb_error}".strip()
+            raise AudioError(path, "undecodable", detail) from None
+        return f.samplerate, None, "audioread", _audioread_blocks(f, max_duration), f.close
+    limit = f.frames if not max_duration else min(f.frames, int(max_duration * f.samplerate))
+    declared = (_wav_declared_frames(path) or f.frames) if f.format in ("WAV", "WAVEX") else f.frames
+    return f.samplerate, declared, f.format, _soundfile_blocks(f, path, limit), f.close
+
+
+def stream_audio(path, sample_rate=SAMPLE_RATE, max_duration=None):
+    """Yield a file's samples as mono float32 blocks at ``sample_rate``, decoded, mixed and resampled
+    block by block: memory stays O(one block, 65,536 frames) whatever the file's length.
+
+    The blocks join into ``load_audio(path, sample_rate, normalize=False, max_duration=...)``
+    (soxr's streaming resampler gives the one-shot result, to within one float32 ulp; tested). ``max_duration`` None: the
+    whole file. The same errors as :func:`load_audio`, raised as soon as they can be known:
+    ``missing`` / ``empty`` (0 bytes) / ``undecodable`` before the first block, ``non_finite`` at
+    the block that holds it, ``empty`` (no frame) and ``truncated`` after the last block, so a
+    caller keeps nothing it made from a file until the generator ends.
+    """
+    import soxr
+
+    path = os.fspath(path)
+    if not os.path.exists(path):
+        raise AudioError(path, "missing", "no such file")
+    if not os.path.isfile(path):
+        raise AudioError(path, "missing", "not a regular file (a directory?)")
+    if os.path.getsize(path) == 0:
+        raise AudioError(path, "empty", "0 bytes")
+    sr, declared, fmt, blocks, close = _open_stream(path, max_duration)
+    try:
+        resampler = soxr.ResampleStream(sr, sample_rate, 1, dtype="float32", quality="HQ") if sr != sample_rate else None
+        frames = 0
+        for block in blocks:
+            frames += len(block)
+            _check_finite(path, block, "in the file")
+            mono = block @ np.full(block.shape[1], 1.0 / block.shape[1], np.float32)
+            out = resampler.resample_chunk(mono, last=False) if resampler is not None else mono
+            _check_finite(path, out, "after mixing/resampling (samples too large for float32)")
+            if len(out):
+                yield np.ascontiguousarray(out, dtype=np.float32)
+        if frames == 0:
+            raise AudioError(path, "empty", f"0 audio frames in {os.path.getsize(path)} bytes")
+        if resampler is not None:
+            out = resampler.resample_chunk(np.zeros(0, np.float32), last=True)
+            _check_finite(path, out, "after mixing/resampling (samples too large for float32)")
+            if len(out):
+                yield np.ascontiguousarray(out, dtype=np.float32)
+        if declared:
+            expected = min(declared, int(max_duration * sr)) if max_duration else declared
+            slack = 0 if fmt in _EXACT_FRAME_COUNT else max(2304, expected // 100)
+            if frames < expected - slack:
+                raise AudioError(path, "truncated", f"{frames} of {expected} frames decoded")
+    finally:
+        close()
 
 
 def duration_seconds(path):

@@ -256,7 +256,7 @@ def _onnx_schema(path):
     import onnx
     from onnx import helper
 
-    from keras_music_ssl.export.onnx import FILES, SIGNATURES
+    from keras_music_ssl.export.onnx import signature_files
 
     def tensors(values, constants):
         out = []
@@ -271,13 +271,14 @@ def _onnx_schema(path):
             out.append(_tensor(value.name, dtype, shape))
         return out
 
-    kind = read_metadata(path)["kind"]
     schema = {}
-    for call, file in FILES.items():
+    for signature, file in signature_files(read_metadata(path)).items():
+        if not (path / file).is_file():  # head.onnx: since 0.9
+            continue
         graph = onnx.load(str(path / file), load_external_data=False).graph
         constants = {init.name for init in graph.initializer}
-        schema[SIGNATURES[kind][call]] = {"file": file, "inputs": tensors(graph.input, constants),
-                                          "outputs": tensors(graph.output, constants)}
+        schema[signature] = {"file": file, "inputs": tensors(graph.input, constants),
+                             "outputs": tensors(graph.output, constants)}
     return schema
 
 

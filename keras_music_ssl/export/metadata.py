@@ -7,6 +7,7 @@ ignore it, any zip reader (or :func:`read_metadata`) reads it.
 """
 
 import json
+import math
 import pathlib
 import zipfile
 
@@ -34,7 +35,8 @@ def model_metadata(model):
     embedding, then the head) or ``"patches"`` (a ``musicnn.PatchTagger``: musicnn's overlapping
     patches every ``hop_samples`` of the track padded with ``pad_mode``, mean of the patches'
     probabilities: ``musicnn/track.py``). ``normalize``: whether a track is peak-normalised before
-    it is cut (musicnn uses the samples as decoded).
+    it is cut (musicnn uses the samples as decoded). ``thresholds`` (a tagger whose head has them):
+    one per tag, a tag is on when its probability reaches it (:func:`decisions`).
     """
     from keras_music_ssl import __version__
     from keras_music_ssl.backbone import MusicEncoder
@@ -46,8 +48,11 @@ def model_metadata(model):
                 "clip_samples": int(model.num_samples), "embedding_dim": int(model.feature_dim),
                 "track_rule": "patches", "normalize": False, "hop_samples": model.hop_samples,
                 "pad_mode": model.pad_mode, "keras_music_ssl_version": __version__}
+    thresholds = {}
     if isinstance(model, MusicTagger):
         kind, encoder, tags = "tagger", model.encoder, model.tags
+        if model.head.thresholds is not None:
+            thresholds = {"thresholds": [float(t) for t in model.head.thresholds]}
     elif isinstance(model, MusicEncoder):
         kind, encoder, tags = "embedder", model, []
     else:
@@ -55,7 +60,7 @@ def model_metadata(model):
                         f"got {type(model).__name__}.")
     return {"kind": kind, "tags": list(tags), "sample_rate": int(encoder.sample_rate),
             "clip_samples": int(encoder.num_samples), "embedding_dim": int(encoder.output_dim),
-            **DEFAULT_TRACK, "keras_music_ssl_version": __version__}
+            **DEFAULT_TRACK, **thresholds, "keras_music_ssl_version": __version__}
 
 
 def metadata_files(meta):
@@ -111,6 +116,11 @@ def checked_metadata(data, source):
         if not _positive_int(meta.get(key)):
             problems.append(f"{key} {meta.get(key)!r}")
     problems += _track_problems(meta)
+    thresholds = meta.get("thresholds")
+    if thresholds is not None and not (
+            isinstance(thresholds, list) and isinstance(tags, list) and len(thresholds) == len(tags)
+            and all(isinstance(t, (int, float)) and not isinstance(t, bool) and math.isfinite(t) for t in thresholds)):
+        problems.append("thresholds not one finite number per tag")
     if problems:
         raise ExportError(f"{source}: the model's metadata is damaged ({', '.join(problems)}).")
     return with_track_defaults(meta)
@@ -157,7 +167,18 @@ def decode_metadata(outputs):
         meta["hop_samples"] = int(outputs["hop_samples"])
     if "pad_mode" in outputs:
         meta["pad_mode"] = outputs["pad_mode"].numpy().decode()
+    if "thresholds" in outputs:
+        meta["thresholds"] = [float(t) for t in outputs["thresholds"].numpy()]
     return with_track_defaults(meta)
+
+
+def decisions(meta, probabilities):
+    """Boolean (..., tags): ``probabilities >= thresholds`` of an export's metadata, or None when it
+    carries none (an embedder, musicnn's taggers, a tagger exported before 0.9 or from a head without
+    thresholds: top-k only)."""
+    from keras_music_ssl.probe.thresholds import decide
+
+    return decide(probabilities, meta["thresholds"]) if meta.get("thresholds") else None
 
 
 def existing_model_path(path):

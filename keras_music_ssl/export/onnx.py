@@ -1,10 +1,13 @@
-"""ONNX export: a folder of two standard-opset ONNX models, raw 16 kHz audio in.
+"""ONNX export: a folder of standard-opset ONNX models, raw 16 kHz audio in.
 
     clips.onnx              ``embed`` / ``tag``: ``waveform`` (batch, 64000; musicnn's 48128), any batch
     track.onnx              ``embed_track`` / ``tag_track``: ``waveform`` (samples,), any length
+    head.onnx               ``head`` (a tagger of the chunks rule, 0.9 on): ``embedding`` (batch, D) ->
+                            ``probabilities``: the tags of a mean embedding, so a timeline's windows
+                            give the track's tags without a second pass (``timeline.py``)
     tags.txt, keras_music_ssl.json
 
-ONNX holds one graph per file, hence two files for the two kinds of call the other exports
+ONNX holds one graph per file, hence one file per kind of call the other exports
 serve as signatures (``signatures.py``, the same functions). The frontend is inside both
 graphs with its DFT as a matrix product (``LogMelSpectrogram(dft="matmul")``: tf2onnx cannot
 convert the RFFT of an STFT), so only standard ONNX ops are used and every runtime runs the
@@ -29,9 +32,17 @@ from keras_music_ssl.export.private_api import private_api
 from keras_music_ssl.export.signatures import endpoints, require_tensorflow_backend
 
 OPSET = 17
-FILES = {"clips": ONNX_CLIPS_FILE, "track": "track.onnx"}  # kind of call -> file
+FILES = {"clips": ONNX_CLIPS_FILE, "track": "track.onnx", "head": "head.onnx"}  # kind of call -> file
 SIGNATURES = {"embedder": {"clips": "embed", "track": "embed_track"},
-              "tagger": {"clips": "tag", "track": "tag_track"}}
+              "tagger": {"clips": "tag", "track": "tag_track", "head": "head"}}
+
+
+def signature_files(meta):
+    """``{signature: file name}`` an ONNX export of this metadata holds (musicnn's taggers have no head;
+    exports before 0.9 lack ``head.onnx``: callers check the file exists)."""
+    chunks = meta.get("track_rule", "chunks") == "chunks"
+    return {signature: FILES[call] for call, signature in SIGNATURES[meta["kind"]].items()
+            if call != "head" or chunks}
 INSTALL_HINT = "ONNX export needs the onnx extra: pip install 'keras-music-ssl[onnx]'"
 
 
@@ -73,8 +84,7 @@ def export_onnx(model, path):
     rounds = any(getattr(layer, "float16_mel", False) for layer in model.layers)
     path = pathlib.Path(path)
     path.mkdir(parents=True)
-    for call, file in FILES.items():
-        signature = SIGNATURES[meta["kind"]][call]
+    for signature, file in signature_files(meta).items():
         fn, spec = functions[signature]
         try:
             with keeping_float16_casts(rounds):

@@ -4,8 +4,8 @@
 
 import numpy as np
 
-from keras_music_ssl.export.metadata import (ExportError, decode_metadata, existing_model_path, is_onnx_folder,
-                                             read_metadata)
+from keras_music_ssl.export.metadata import (ExportError, decisions, decode_metadata, existing_model_path,
+                                             is_onnx_folder, read_metadata)
 from keras_music_ssl.track import UnusableTrack, require_samples
 
 
@@ -25,6 +25,10 @@ class SavedModelRunner:
     def run(self, signature, **inputs):
         outputs = self._model.signatures[signature](**{k: np.asarray(v, np.float32) for k, v in inputs.items()})
         return {name: value.numpy() for name, value in outputs.items()}
+
+    def decide(self, probabilities):
+        """Boolean decisions of the export's thresholds (``metadata.decisions``), or None without them."""
+        return decisions(self.metadata, probabilities)
 
     def clips(self, waveforms):
         return self.run("tag" if self.metadata["kind"] == "tagger" else "embed", waveform=waveforms)
@@ -67,16 +71,17 @@ class OnnxRunner(SavedModelRunner):
     """Runs an ONNX export folder with onnxruntime (same interface; sessions made on first use).
 
     Its signatures are those of the other formats: ``embed`` / ``tag`` run ``clips.onnx``,
-    ``embed_track`` / ``tag_track`` run ``track.onnx``.
+    ``embed_track`` / ``tag_track`` run ``track.onnx``, ``head`` runs ``head.onnx`` (a tagger's).
     """
 
     def __init__(self, path, num_threads=None):
-        from keras_music_ssl.export.onnx import FILES, SIGNATURES
+        from keras_music_ssl.export.onnx import signature_files
 
         self.path = existing_model_path(path)
         self.metadata = read_metadata(self.path)
         self.num_threads = num_threads
-        self._files = {SIGNATURES[self.metadata["kind"]][call]: self.path / file for call, file in FILES.items()}
+        self._files = {signature: self.path / file for signature, file in signature_files(self.metadata).items()
+                       if (self.path / file).is_file()}
         self.signatures = sorted(self._files)
         self._sessions = {}
 

@@ -1,7 +1,7 @@
 """TensorFlow SavedModel export (TF Serving, ``tf.saved_model.load``): the signatures of
 ``signatures.py`` plus ``metadata`` (no input -> ``kind``, ``tags``, ``sample_rate``,
 ``clip_samples``, ``track_rule``, ``normalize``, and for musicnn's ``"patches"`` rule ``hop_samples``
-and ``pad_mode``: ``metadata.model_metadata``), and ``assets.extra/`` with ``tags.txt`` and ``keras_music_ssl.json``."""
+and ``pad_mode``, and a tagger's decision ``thresholds`` when its head has them: ``metadata.model_metadata``), and ``assets.extra/`` with ``tags.txt`` and ``keras_music_ssl.json``."""
 
 import pathlib
 
@@ -27,7 +27,9 @@ def write_saved_model(model, path, meta, with_metadata=True):
                     "clip_samples": tf.constant(meta["clip_samples"], tf.int32),
                     "track_rule": tf.constant(meta["track_rule"]), "normalize": tf.constant(meta["normalize"]),
                     **({"hop_samples": tf.constant(meta["hop_samples"], tf.int32),
-                        "pad_mode": tf.constant(meta["pad_mode"])} if meta["track_rule"] == "patches" else {})}
+                        "pad_mode": tf.constant(meta["pad_mode"])} if meta["track_rule"] == "patches" else {}),
+                    **({"thresholds": tf.constant(meta["thresholds"], tf.float32, shape=[len(meta["tags"])])}
+                       if meta.get("thresholds") else {})}
 
         archive.add_endpoint("metadata", metadata, input_signature=[])
     archive.write_out(str(path), verbose=False)

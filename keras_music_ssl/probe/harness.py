@@ -146,12 +146,18 @@ def _unique_names(models):
     return models
 
 
+# Part of every state key: 2 since heads hold decision thresholds (0.9), so the heads and results of
+# an older run are made again on resume instead of being mixed with new ones.
+STATE_VERSION = 2
+
+
 def _state_key(probed, data, settings, extra):
     labels = [task.labels(data.dataset.rows)[0].tobytes() for task in data.dataset.tasks]
     payload = {"fingerprint": probed.fingerprint, "files": data.dataset.paths,
                "tasks": {task.name: task.to_json() for task in data.dataset.tasks},
                "labels": hashlib.sha256(b"".join(labels)).hexdigest(),
-               "settings": {k: list(v) if isinstance(v, tuple) else v for k, v in settings.items()}, **extra}
+               "settings": {k: list(v) if isinstance(v, tuple) else v for k, v in settings.items()},
+               "heads": STATE_VERSION, **extra}
     return hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()
 
 
@@ -222,7 +228,9 @@ def _probe_task(probed, task, parts, settings, seed, bootstrap, fractions, draws
     trained = fit_probe()
     fit_seconds = time.perf_counter() - start
     probabilities = trained.predict(test.features)
-    result = {"type": task.type, "test": bootstrap_metrics(test.labels, probabilities, tags, bootstrap, seed, single),
+    result = {"type": task.type,
+              "test": bootstrap_metrics(test.labels, probabilities, tags, bootstrap, seed, single,
+                                        thresholds=trained.head.thresholds),
               "best_epoch": trained.best_epoch, "embedding_dim": int(train.features.shape[1]),
               "fingerprint": probed.fingerprint, "exportable": probed.is_encoder,
               "tracks": {s: len(parts[s].paths) for s in SPLITS},

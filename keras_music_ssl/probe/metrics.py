@@ -11,6 +11,9 @@
 - Single-label tasks (one class per track) add ``accuracy`` and ``f1_macro`` (F1 of each class
   present among the true or predicted classes, averaged) of the arg-max class; their ROC/PR-AUC
   are one-vs-rest on the class probabilities.
+- Multi-label tasks whose probe has decision thresholds (``thresholds.py``: per tag, max F1 on the
+  validation split) add precision, recall and F1 of those decisions, macro and micro, over the
+  scorable tags (``DECISION_METRICS``).
 - A test set with no scorable tag has no metric at all: :func:`bootstrap_metrics` raises
   :class:`ProbeError` rather than report NaN (``run_probe`` checks it before any training, with
   :func:`require_scorable`).
@@ -19,13 +22,16 @@
 import numpy as np
 
 from keras_music_ssl.probe.probe import ProbeError
+from keras_music_ssl.probe.thresholds import DECISION_METRICS, decide, decision_metrics
 
 METRICS = ("roc_auc_macro", "pr_auc_macro", "roc_auc_micro", "pr_auc_micro")
 SINGLE_LABEL_METRICS = METRICS + ("accuracy", "f1_macro")
 
 
-def metric_names(single_label=False):
-    return SINGLE_LABEL_METRICS if single_label else METRICS
+def metric_names(single_label=False, thresholds=False):
+    if single_label:
+        return SINGLE_LABEL_METRICS
+    return METRICS + (DECISION_METRICS if thresholds else ())
 
 
 def scorable_tags(labels):
@@ -51,9 +57,10 @@ def require_scorable(labels, split, tags=None):
                      "ROC-AUC needs a tag with both positive and negative tracks")
 
 
-def tagging_metrics(labels, scores, tags=None, single_label=False):
+def tagging_metrics(labels, scores, tags=None, single_label=False, thresholds=None):
     """``{roc_auc_macro, pr_auc_macro, roc_auc_micro, pr_auc_micro, tags_scored, tags_excluded}``,
-    and ``accuracy`` / ``f1_macro`` with ``single_label`` (one-hot ``labels``)."""
+    ``accuracy`` / ``f1_macro`` with ``single_label`` (one-hot ``labels``), and the
+    ``DECISION_METRICS`` of ``scores >= thresholds`` (one per tag) when given."""
     from sklearn.metrics import accuracy_score, average_precision_score, f1_score, roc_auc_score
 
     labels, scores = np.asarray(labels), np.asarray(scores, np.float64)
@@ -69,10 +76,13 @@ def tagging_metrics(labels, scores, tags=None, single_label=False):
         truth, predicted = labels.argmax(axis=1), scores.argmax(axis=1)
         extra = {"accuracy": float(accuracy_score(truth, predicted)),
                  "f1_macro": float(f1_score(truth, predicted, average="macro", zero_division=0))}
+    names = metric_names(single_label, thresholds is not None and not single_label)
     if not keep.any():  # a bootstrap resample may draw such a set: it is dropped there
         nan = float("nan")
-        return {**{m: nan for m in metric_names(single_label)}, "tags_scored": 0, "tags_excluded": excluded}
+        return {**{m: nan for m in names}, "tags_scored": 0, "tags_excluded": excluded}
     y, s = labels[:, keep], scores[:, keep]
+    if thresholds is not None and not single_label:
+        extra = decision_metrics(y, decide(s, np.asarray(thresholds)[keep]))
     return {**extra,
         "roc_auc_macro": float(roc_auc_score(y, s, average="macro")),
         "pr_auc_macro": float(average_precision_score(y, s, average="macro")),
@@ -83,18 +93,18 @@ def tagging_metrics(labels, scores, tags=None, single_label=False):
     }
 
 
-def bootstrap_metrics(labels, scores, tags=None, resamples=50, seed=0, single_label=False):
+def bootstrap_metrics(labels, scores, tags=None, resamples=50, seed=0, single_label=False, thresholds=None):
     """Each metric as ``{point, mean, std, ci95, resamples}``, plus ``tags_scored`` / ``tags_excluded``
-    of the point estimate."""
+    of the point estimate (``thresholds``: see :func:`tagging_metrics`)."""
     labels, scores = np.asarray(labels), np.asarray(scores)
     require_scorable(labels, "test", tags)
-    names = metric_names(single_label)
-    point = tagging_metrics(labels, scores, tags, single_label)
+    names = metric_names(single_label, thresholds is not None and not single_label)
+    point = tagging_metrics(labels, scores, tags, single_label, thresholds)
     rng = np.random.default_rng(seed)
     draws = {m: [] for m in names}
     for _ in range(int(resamples)):
         index = rng.integers(0, len(labels), len(labels))
-        values = tagging_metrics(labels[index], scores[index], tags, single_label)
+        values = tagging_metrics(labels[index], scores[index], tags, single_label, thresholds)
         for m in names:
             draws[m].append(values[m])
     result = {}

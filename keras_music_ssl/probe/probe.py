@@ -23,6 +23,8 @@ Both standardise the features with the training rows' mean and std, held inside 
 
 A single-label task (one class per track, ``single_label=True``) trains the same head with a
 softmax cross-entropy on the logits and saves it with a softmax on top, in either protocol.
+A multi-label head is saved with one decision threshold per tag, chosen on the validation tracks
+(``thresholds.py``: maximum F1).
 """
 
 import dataclasses
@@ -113,6 +115,7 @@ def train_probe(x_train, y_train, x_valid, y_valid, tags, protocol="paper", seed
     """
     import keras
 
+    from keras_music_ssl.probe.thresholds import f1_thresholds
     from keras_music_ssl.tagger import TagHead
 
     settings = protocol_settings(protocol, **overrides)
@@ -153,5 +156,8 @@ def train_probe(x_train, y_train, x_valid, y_valid, tags, protocol="paper", seed
     final = TagHead.from_config({**head.get_config(), "activation": "softmax" if single_label else "sigmoid"})
     final.build((None, x_train.shape[1]))
     final.set_weights(head.get_weights())
-    return TrainedProbe(final, {k: [float(v) for v in vals] for k, vals in history.history.items()},
-                        int(stopper.best_epoch))
+    trained = TrainedProbe(final, {k: [float(v) for v in vals] for k, vals in history.history.items()},
+                           int(stopper.best_epoch))
+    if not single_label:  # decisions: per tag, the threshold of maximum F1 on the validation tracks
+        final.thresholds = [float(t) for t in f1_thresholds(y_valid, trained.predict(x_valid))]
+    return trained

@@ -25,10 +25,13 @@ import numpy as np
 
 from keras_music_ssl import storage
 from keras_music_ssl.probe.metrics import metric_names
+from keras_music_ssl.probe.thresholds import DECISION_METRICS
 
 LABELS = {"roc_auc_macro": "ROC-AUC macro", "pr_auc_macro": "PR-AUC macro",
           "roc_auc_micro": "ROC-AUC micro", "pr_auc_micro": "PR-AUC micro",
-          "accuracy": "accuracy", "f1_macro": "F1 macro"}
+          "accuracy": "accuracy", "f1_macro": "F1 macro", "f1_micro": "F1 micro",
+          "precision_macro": "precision macro", "recall_macro": "recall macro",
+          "precision_micro": "precision micro", "recall_micro": "recall micro"}
 
 
 def task_views(results):
@@ -41,6 +44,14 @@ def task_views(results):
 
 def _metrics(results):
     return metric_names(results.get("type") == "single-label")
+
+
+def _decision_metrics(results):
+    """The decision metrics every model of a multi-label view has (heads with thresholds, 0.9 on)."""
+    tests = [r["test"] for r in results["models"].values()]
+    if results.get("type") == "single-label" or not tests:
+        return ()
+    return tuple(m for m in DECISION_METRICS if all(m in test for test in tests))
 
 
 def save_figure(fig, path):
@@ -73,6 +84,15 @@ def _markdown_table(results):
             m = result["test"][metric]
             cells.append(f"{m['point']:.3f} ({m['mean']:.3f} ± {m['std']:.3f}, {m['ci95'][0]:.3f}–{m['ci95'][1]:.3f})")
         lines.append(f"| {name} | " + " | ".join(cells) + f" | {result['test']['tags_scored']} |")
+    decisions = _decision_metrics(results)
+    if decisions:
+        lines += ["", "Decisions (a tag is on when its probability reaches the tag's threshold, chosen for the "
+                      "maximum F1 on the validation split): test point estimate [95 % interval].", "",
+                  "| model | " + " | ".join(LABELS[m] for m in decisions) + " |", "|---|" + "---:|" * len(decisions)]
+        for name, result in results["models"].items():
+            cells = [f"{result['test'][m]['point']:.3f} [{result['test'][m]['ci95'][0]:.3f}, "
+                     f"{result['test'][m]['ci95'][1]:.3f}]" for m in decisions]
+            lines.append(f"| {name} | " + " | ".join(cells) + " |")
     fractions = [r.get("fractions") for r in results["models"].values() if r.get("fractions")]
     if fractions:
         keys = list(fractions[0])
@@ -125,7 +145,7 @@ def csv_rows(results):
     rows = []
     for task, view in task_views(results):
         for name, result in view["models"].items():
-            for metric in _metrics(view):
+            for metric in _metrics(view) + _decision_metrics(view):
                 m = result["test"][metric]
                 rows.append([name, "", metric, m["point"], m["mean"], m["std"], *m["ci95"], task])
             for fraction, entry in (result.get("fractions") or {}).items():
