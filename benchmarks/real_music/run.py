@@ -107,7 +107,8 @@ def table(args, paths):
         test = result["test"]
         roc = test["roc_auc_macro"]
         budget = next((b for b in chosen if name == f"contrastive-{b:g}min"), None)
-        spent = f"{chosen[budget][1]:.1f} min ({chosen[budget][0]} epochs)" if budget is not None else "none (floor)"
+        floor = "none (floor)" if name in ("medium-init", "random", "logmel-stats") else "supervised (reference)"
+        spent = f"{chosen[budget][1]:.1f} min ({chosen[budget][0]} epochs)" if budget is not None else floor
         if budget is not None:
             points.append((chosen[budget][1], roc["point"], roc["ci95"]))
         lines.append(f"| {name} | {spent} | {roc['point']:.3f} [{roc['ci95'][0]:.3f}, {roc['ci95'][1]:.3f}] "
