@@ -2,7 +2,7 @@
 """Set up a virtual environment for keras-music-ssl and run a command in it (stdlib only).
 
     python3 bootstrap.py quickstart [ARGS...]   # kmssl quickstart ARGS      (installs .[data])
-    python3 bootstrap.py test [ARGS...]         # tests/run_backends.py ARGS (installs .[jax,torch,data,test,onnx,beam,hub],
+    python3 bootstrap.py test [ARGS...]         # tests/run_backends.py ARGS (installs .[jax,torch,data,test,onnx,beam,hub,docs],
                                                 #  with npm js/'s onnxruntime-node and -web, as root Debian's chromium)
     python3 bootstrap.py test-slow [ARGS...]    # tests/run_backends.py --slow ARGS
     python3 bootstrap.py install                # (re)install everything the tests need, then stop
@@ -55,7 +55,7 @@ TINYSOUNDFONT = "tinysoundfont==0.3.7"
 HEARVALIDATOR = "hearvalidator==2021.0.2"
 
 QUICKSTART_EXTRAS = ("data",)
-TEST_EXTRAS = ("jax", "torch", "data", "test", "onnx", "beam", "hub")
+TEST_EXTRAS = ("jax", "torch", "data", "test", "onnx", "beam", "hub", "docs")
 
 
 def fail(message):

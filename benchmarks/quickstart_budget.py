@@ -8,7 +8,7 @@ Each configuration pretrains with ``keras_music_ssl.pretrain`` on the rendered d
 split and is probed with the probe harness (paper protocol, test split, 50 bootstrap resamples)
 beside ``random`` and ``logmel-stats``. Prints one table: pretraining wall time, test macro
 ROC-AUC [95 % interval], PR-AUC. Runs are resumable (finished ones are read back), and each
-result is kept in OUT/results.jsonl. The README's quickstart table comes from this script.
+result is kept in OUT/results.jsonl. docs/quickstart.md's "What we tried" table comes from this script.
 """
 
 import argparse

@@ -1,6 +1,6 @@
 """CLIP's ModifiedResNet with attention pooling, and the encoder (waveform -> embedding).
 
-A port of the paper's backbone (spec §3), which is OpenAI CLIP's ``ModifiedResNet``:
+A port of the paper's backbone (docs/paper.md#encoder), which is OpenAI CLIP's ``ModifiedResNet``:
 - a 3-convolution stem and an average pool instead of 7x7 conv + max pool;
 - anti-aliased downsampling: stride > 1 is an average pool after the 3x3 conv, and the
   shortcut is avgpool -> 1x1 conv -> BN;
@@ -97,6 +97,22 @@ class AttentionPool2D(layers.Layer):
     Tokens are flattened row-major (mel-major), as PyTorch flattens (C, H, W). A learned
     positional embedding of H*W + 1 slots ties the layer to one input size (4 s here).
     Only the mean token's query is computed: the output is that token alone.
+
+    Args:
+        num_heads: attention heads; the input's channels must be divisible by it.
+        output_dim: width of the output projection (None: the input's channels).
+        **kwargs: Keras ``Layer`` arguments.
+
+    Returns:
+        Called on a feature map ``(batch, H, W, C)`` with static H and W, the mean token's
+        attention output ``(batch, output_dim)``.
+
+    Examples:
+        >>> import numpy as np
+        >>> from keras_music_ssl import AttentionPool2D
+        >>> pool = AttentionPool2D(num_heads=2, output_dim=8)
+        >>> tuple(pool(np.zeros((1, 4, 3, 16), "float32")).shape)
+        (1, 8)
     """
 
     def __init__(self, num_heads, output_dim=None, **kwargs):
@@ -148,7 +164,26 @@ class AttentionPool2D(layers.Layer):
 
 @keras.saving.register_keras_serializable(package="keras_music_ssl")
 class ModifiedResNet(layers.Layer):
-    """Log-mel (batch, mel, time, 1) -> embedding (batch, output_dim). Spec §3.1."""
+    """Log-mel (batch, mel, time, 1) -> embedding (batch, output_dim). See docs/paper.md#encoder.
+
+    Args:
+        width: channels of the stem's last convolution; the stages have 4x, 8x, 16x and 32x
+            it (16: the paper's; must be even).
+        layers: bottleneck blocks per stage ((3, 4, 6, 3): the paper's).
+        heads: attention heads of the pooling (8).
+        output_dim: embedding width (1024).
+        **kwargs: Keras ``Layer`` arguments.
+
+    Returns:
+        Called on a log-mel ``(batch, mel, time, 1)``, the embedding ``(batch, output_dim)``.
+
+    Examples:
+        >>> import numpy as np
+        >>> from keras_music_ssl import ModifiedResNet
+        >>> resnet = ModifiedResNet(width=4, layers=(1, 1, 1, 1), heads=2, output_dim=32)
+        >>> tuple(resnet(np.zeros((1, 128, 126, 1), "float32")).shape)
+        (1, 32)
+    """
 
     def __init__(self, width=16, layers=(3, 4, 6, 3), heads=8, output_dim=1024, **kwargs):
         super().__init__(**kwargs)
@@ -217,6 +252,29 @@ class MusicEncoder(FastInference, keras.Model):
     tests and CPU demos; ``frontend`` takes any ``LogMelSpectrogram`` argument.
     ``predict(array)`` and ``model(array)`` run one compiled function reused across calls
     (``keras_music_ssl.inference``).
+
+    Args:
+        width: the ResNet's width (16), see ``ModifiedResNet``.
+        layers: bottleneck blocks per stage ((3, 4, 6, 3)).
+        heads: attention heads of the pooling (8).
+        output_dim: embedding width (1024).
+        num_samples: input length in samples (64000: 4 s at 16 kHz; the attention pool's
+            positional embedding fixes it).
+        frontend: a dict of ``LogMelSpectrogram`` arguments (None: the paper's frontend).
+        **kwargs: Keras ``Model`` arguments (``name``, ...).
+
+    Returns:
+        Called (or ``predict``) on a waveform ``(batch, num_samples)``, float32, mono,
+        peak-normalised, the embedding ``(batch, output_dim)``.
+
+    Examples:
+        >>> from keras_music_ssl import MusicEncoder
+        >>> MusicEncoder().output_shape  # the paper's encoder
+        (None, 1024)
+        >>> tiny = MusicEncoder(width=4, layers=(1, 1, 1, 1), heads=2, output_dim=32)
+        >>> folder = tiny.save_to_preset("tiny_encoder")  # config, weights, metadata, card
+        >>> MusicEncoder.from_preset("tiny_encoder").output_shape
+        (None, 32)
     """
 
     def __init__(self, width=16, layers=(3, 4, 6, 3), heads=8, output_dim=1024,

@@ -1,7 +1,7 @@
 """The authors' PyTorch checkpoints (``weights.zip``) -> a Keras ``MusicEncoder`` preset.
 
 A released checkpoint is ``torch.save({"pretext", "model": state_dict, "optimizer",
-"loss_fn", "epoch", "gin_info", "val_loss"})`` (spec §3.2). The encoder's tensors sit in
+"loss_fn", "epoch", "gin_info", "val_loss"})`` (docs/paper.md#checkpoints). The encoder's tensors sit in
 ``model`` under one prefix per network:
 
 - ``module.backbone.``          contrastive, barlow_twins, feature_stats (= VICReg);

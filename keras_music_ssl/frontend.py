@@ -1,6 +1,6 @@
 """Waveform -> log-mel spectrogram, inside the graph.
 
-The defaults reproduce the paper's torchaudio frontend exactly (spec §2):
+The defaults reproduce the paper's torchaudio frontend exactly (docs/paper.md#frontend):
 ``MelSpectrogram(sample_rate=16000, n_fft=1024, f_max=11025, n_mels=128,
 normalized=True, mel_scale="slaney")`` followed by ``AmplitudeToDB(top_db=100)``.
 """
@@ -90,6 +90,39 @@ class LogMelSpectrogram(keras.layers.Layer):
     paper's ResNet (the FFT: about 3 MFLOP), so it is meant for exports. Equal to the FFT path
     within float32 rounding (1e-4 dB within 40 dB of the peak; its round-off grows faster
     below); it holds no weights, so the two are interchangeable on the same model.
+
+    The defaults are the paper's (docs/paper.md#frontend).
+
+    Args:
+        sample_rate: sample rate of the input, Hz (16000).
+        n_fft: FFT size and window length (1024).
+        hop_length: samples between frames (512).
+        n_mels: mel bands (128).
+        f_min: lowest mel frequency, Hz (0).
+        f_max: highest mel frequency, Hz (11025, above 16 kHz's Nyquist as in the paper;
+            None: the Nyquist frequency).
+        mel_scale: "slaney" (default) or "htk".
+        mel_norm: filter normalisation: None (default, none) or "slaney" (area).
+        power: exponent of the magnitude (2: power spectrogram).
+        normalized: divide the STFT by the window's L2 norm (torchaudio's ``normalized=True``).
+        center: pad ``n_fft // 2`` samples on both sides so that frames are centred.
+        pad_mode: "reflect" (default) or "constant" (zeros) for the centring.
+        amin: the smallest power before the log (1e-10).
+        top_db: floor, in dB below each example's maximum (100; None: no floor).
+        dft: "fft" (default) or "matmul" (for exports, see above).
+        **kwargs: Keras ``Layer`` arguments (``name``, ``dtype``, ...).
+
+    Returns:
+        Called on a waveform ``(batch, samples)``, the log-mel in dB
+        ``(batch, n_mels, frames, 1)``.
+
+    Examples:
+        >>> import numpy as np
+        >>> from keras_music_ssl import LogMelSpectrogram
+        >>> logmel = LogMelSpectrogram()  # the paper's settings
+        >>> waveform = np.random.uniform(-1, 1, (2, 64000)).astype("float32")  # two 4 s clips
+        >>> tuple(logmel(waveform).shape)
+        (2, 128, 126, 1)
     """
 
     def __init__(

@@ -1,4 +1,4 @@
-"""Projection / prediction MLPs put on top of the encoder during pre-training (spec §4).
+"""Projection / prediction MLPs put on top of the encoder during pre-training (docs/paper.md#heads).
 
 ``Head([d1, ..., dk])`` is the authors' ``models.Head``: for every width but the last,
 Linear (no bias) -> BatchNorm -> ReLU; the last layer is a Linear without bias, without

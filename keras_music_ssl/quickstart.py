@@ -14,7 +14,7 @@
 
 The budget is the one ``benchmarks/quickstart_budget.py`` found to beat the handcrafted floor
 within 20 minutes on 2 CPU cores; on the ``medium`` set it only ties the floors (its table is
-in the README). One verdict line per task says what this run found against each floor, and
+in docs/quickstart.md). One verdict line per task says what this run found against each floor, and
 which differences are beyond the test split's noise (``probe/verdict.py``): pretraining can
 help one task and hurt another.
 """

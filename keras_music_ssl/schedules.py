@@ -1,4 +1,4 @@
-"""Per-step schedules of the authors' ``utils/scheduler.py`` (spec §6.2), in ``keras.ops``.
+"""Per-step schedules of the authors' ``utils/scheduler.py`` (docs/paper.md#schedules), in ``keras.ops``.
 
 The released code precomputes numpy arrays indexed by the global step; these are the same
 values as functions of the step, so they run inside a compiled train step on any backend.

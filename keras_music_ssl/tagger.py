@@ -1,9 +1,9 @@
 """A music tagger: encoder + probe head + tag names (the paper probes a frozen encoder).
 
-The downstream model of the paper (spec §7.1): the encoder's embedding feeds a small
+The downstream model of the paper (docs/paper.md#downstream-model): the encoder's embedding feeds a small
 classifier, ``Head(1024, hidden + [n_tags])`` in the authors' code, i.e. bias-free
 linear layers with BatchNorm + ReLU between hidden layers, and a sigmoid for multi-label
-tags. A whole track is tagged from the mean of its 4 s chunk embeddings (spec §2, §7.1).
+tags. A whole track is tagged from the mean of its 4 s chunk embeddings (docs/paper.md#track-embeddings).
 
 The saved probe head (what ``kmssl export --head PROBE`` reads) is a ``.keras`` file of a
 one-layer model holding a ``TagHead``; the tag names are part of the layer's config, so
@@ -34,6 +34,31 @@ class TagHead(keras.layers.Layer):
     ``thresholds`` (one per tag, sigmoid heads only) are the decision rule of :meth:`decide`,
     ``probability >= threshold``: the probe sets them per tag at the maximum F1 on its validation
     split (``probe/thresholds.py``). A head without them (None) decides nothing by threshold.
+
+    Args:
+        tags: the tag (or class) names, unique; one output each.
+        hidden_units: widths of the hidden blocks (default none: one linear layer, the
+            authors' default head).
+        use_bias: biases in the Dense layers (False: the authors' Head).
+        activation: "sigmoid" (default, multi-label), "softmax" (single-label) or None (logits).
+        dropout: dropout rate after each hidden block, in [0, 1).
+        batch_norm: BatchNorm in the hidden blocks (True: the authors' Head).
+        standardize: hold a per-feature standardisation of the inputs.
+        thresholds: one decision threshold per tag (sigmoid heads only), or None.
+        **kwargs: Keras ``Layer`` arguments.
+
+    Returns:
+        Called on embeddings ``(batch, dim)``, the probabilities ``(batch, len(tags))``
+        (logits with ``activation=None``).
+
+    Examples:
+        >>> import numpy as np
+        >>> from keras_music_ssl.tagger import TagHead
+        >>> head = TagHead(["piano", "drums"], thresholds=[0.3, 0.6])
+        >>> tuple(head(np.zeros((4, 32), "float32")).shape)
+        (4, 2)
+        >>> head.decide([[0.5, 0.5]]).tolist()
+        [[True, False]]
     """
 
     def __init__(self, tags, hidden_units=(), use_bias=False, activation="sigmoid", dropout=0.0,
@@ -64,7 +89,7 @@ class TagHead(keras.layers.Layer):
         self.dropout = float(dropout)
         self.batch_norm = bool(batch_norm)
         self.standardize = bool(standardize)
-        # Glorot init (Keras' default), as the probe results in the README were measured with.
+        # Glorot init (Keras' default), as the probe results in docs/probing.md were measured with.
         self.hidden = [hidden_layers(units, self.batch_norm, name=f"hidden{i}", kernel_initializer="glorot_uniform")
                        for i, units in enumerate(self.hidden_units)]
         self.drop = keras.layers.Dropout(self.dropout) if self.dropout else None
@@ -137,7 +162,24 @@ class MusicTagger(FastInference, keras.Model):
 
     ``.encoder`` is a ``MusicEncoder``, ``.head`` a ``TagHead``, ``.tags`` the tag names.
     A track longer than one clip is tagged as ``head(mean of its chunk embeddings)``, not
-    as the mean of per-chunk probabilities (spec §7.1); the exported models do that.
+    as the mean of per-chunk probabilities (docs/paper.md#downstream-model); the exported models do that.
+
+    Args:
+        encoder: a ``MusicEncoder``.
+        head: a ``TagHead`` (e.g. a probe's, ``load_tag_head``).
+        **kwargs: Keras ``Model`` arguments.
+
+    Returns:
+        Called (or ``predict``) on 4 s clips ``(batch, num_samples)``, the tag probabilities
+        ``(batch, len(tags))``.
+
+    Examples:
+        >>> from keras_music_ssl import MusicEncoder
+        >>> from keras_music_ssl.tagger import MusicTagger, TagHead
+        >>> encoder = MusicEncoder(width=4, layers=(1, 1, 1, 1), heads=2, output_dim=32)  # tiny
+        >>> tagger = MusicTagger(encoder, TagHead(["piano", "drums", "voice"]))
+        >>> tagger.output_shape, tagger.tags
+        ((None, 3), ['piano', 'drums', 'voice'])
     """
 
     def __init__(self, encoder, head, **kwargs):

@@ -246,10 +246,36 @@ def _adapter(model, batch_size):
 def timeline(model, audio, hop=None, batch_size=32, embeddings=False, max_duration=None, progress=False):
     """The :class:`Timeline` of ``audio`` (a file path, or a mono waveform at the model's sample rate).
 
-    ``hop``: seconds between window starts (> 0; None: the window length, 4 s, which gives the track
-    chunks). ``embeddings``: keep each window's embedding. ``max_duration``: seconds of a file to use
-    (None: all). Errors: ``data.AudioError`` for a file that cannot be decoded,
-    ``track.UnusableTrack`` for an empty waveform, both before any window is run.
+    Args:
+        model: a ``MusicTagger`` or ``MusicEncoder`` (any backend), an exported model
+            (``export.load_exported``), or one of musicnn's taggers (its own 3 s patches).
+        audio: a file path, or a mono waveform at the model's sample rate.
+        hop: seconds between window starts (> 0; None: the window length, 4 s, which gives the
+            track chunks).
+        batch_size: windows per model call.
+        embeddings: keep each window's embedding.
+        max_duration: seconds of a file to use (None: all).
+        progress: show a progress bar.
+
+    Returns:
+        The track's ``Timeline``: window times, per-window probabilities (and embeddings), and
+        the track's own tags by the track rule.
+
+    Raises:
+        AudioError: a file that cannot be decoded (``data.AudioError``), before any window is run.
+        UnusableTrack: an empty waveform (``track.UnusableTrack``), before any window is run.
+
+    Examples:
+        >>> import numpy as np
+        >>> from keras_music_ssl import MusicEncoder
+        >>> from keras_music_ssl.timeline import timeline
+        >>> encoder = MusicEncoder(width=4, layers=(1, 1, 1, 1), heads=2, output_dim=32)  # tiny
+        >>> waveform = np.sin(np.arange(16000 * 10) / 10).astype("float32")  # 10 s at 16 kHz
+        >>> line = timeline(encoder, waveform, hop=2.0, embeddings=True)
+        >>> line.start.tolist()
+        [0.0, 2.0, 4.0, 6.0, 8.0]
+        >>> line.embeddings.shape, line.track_embedding.shape
+        ((5, 32), (32,))
     """
     from keras_music_ssl.musicnn import PatchTagger
 

@@ -19,7 +19,7 @@ For a mono 16 kHz track ``x`` (``L`` = 64,000 samples = 4 s):
   ``L`` starting every hop ``H`` samples, ``0, H, 2H, ...`` while the start is inside the track
   (``ceil(len(x) / H)`` windows), each zero-padded at the end like the last chunk; window ``i``
   spans ``[i H, min(i H + L, len(x))) / 16000`` seconds. At ``H = L`` they are the track chunks;
-- training segments (the authors' downstream loader, spec §7.2): non-overlapping segments of
+- training segments (the authors' downstream loader, docs/paper.md#downstream-data): non-overlapping segments of
   ``L``, the partial last one dropped; a segment is kept if
 
       10 · ln(rms_segment / rms_track) > -7.5     (natural log: rms_segment > 0.472 · rms_track)

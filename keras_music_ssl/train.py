@@ -283,6 +283,32 @@ def pretrain(out, data_dir=None, verbose=1, distribute=None, devices=None, **set
     dataset is cached (default ``$KMSSL_DATA_DIR`` or ``~/.cache/keras_music_ssl/datasets``);
     ``distribute`` / ``devices``: see ``keras_music_ssl.pretext.distribute.Distribution``
     (None: one device).
+
+    A run folder resumes: the same call again continues from the last finished epoch, and a
+    finished run returns its summary at once (docs/pretraining.md).
+
+    Args:
+        out: the run folder (created; an existing one must hold the same settings).
+        data_dir: where the rendered dataset is cached.
+        verbose: Keras' ``fit`` verbosity (0, 1 or 2).
+        distribute: "auto", "mirrored", "data_parallel" or None.
+        devices: how many devices to use, or None for all.
+        **settings: fields of ``PretrainConfig`` (``method``, ``data``, ``encoder``, ``epochs``,
+            ``steps_per_epoch``, ``batch_size``, ...).
+
+    Returns:
+        The run's summary (a dict, also ``summary.json``): method, encoder, data, backend,
+        epochs, steps, the final losses (``final``), the preset folder, ...
+
+    Raises:
+        PretrainError: a setting out of range, or another run's settings in ``out``.
+
+    Examples:
+        >>> from keras_music_ssl import pretrain
+        >>> summary = pretrain("runs/tiny", method="byol", dataset_size="tiny", encoder="tiny",
+        ...                    epochs=1, steps_per_epoch=2, batch_size=4, verbose=0)
+        >>> summary["method"], summary["epochs"]
+        ('byol', 1)
     """
     from keras_music_ssl.pretext.distribute import Distribution, process_index
 

@@ -1,7 +1,7 @@
 """Checkpoints in the exact layout of the authors' weights.zip, written from tests/torch_reference.
 
 ``torch.save({"pretext", "model", "optimizer", "loss_fn", "epoch", "gin_info", "val_loss"})``
-(spec §3.2, ``utils/gin.py::get_save_dict``). Encoder keys per method:
+(docs/paper.md#checkpoints, ``utils/gin.py::get_save_dict``). Encoder keys per method:
 
 - contrastive, barlow_twins, feature_stats: ``module.backbone.*`` + projector
   ``module.head.ops.N.*``;

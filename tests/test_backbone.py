@@ -62,7 +62,7 @@ def test_default_encoder_is_the_paper_model(paper_pair):
     assert _count(enc.trainable_weights) == 2_800_392
     assert enc.input_shape == (None, 64000) and enc.output_shape == (None, 1024)
     r = enc.resnet
-    # Per-part parameter counts of spec §3.1 (BN gamma/beta included, running stats excluded).
+    # Per-part parameter counts of docs/paper.md#encoder (BN gamma/beta included, running stats excluded).
     assert _count(w for l in (r.conv1, r.bn1, r.conv2, r.bn2, r.conv3, r.bn3) for w in l.trainable_weights) == 1_864
     for blocks, expected in ((r.layer1, 14_016), (r.layer2, 77_568), (r.layer3, 447_488), (r.layer4, 939_520)):
         assert _count(w for b in blocks for w in b.trainable_weights) == expected

@@ -1,4 +1,4 @@
-"""Downstream segments (spec §7.2) against a numpy reference of the RMS rule, the 25-segment cap, test-time
+"""Downstream segments (docs/paper.md#downstream-data) against a numpy reference of the RMS rule, the 25-segment cap, test-time
 chunks, and segment datasets read from the labeled CSV format; plus that format itself."""
 
 import numpy as np

@@ -67,7 +67,7 @@ def test_logmel_matches_librosa_float64_reference(name, float32_output):
     err = np.abs(ours - ref)
     near = ref > ref.max() - 80.0
     # 1e-3 dB (FFT) within 80 dB of the clip's maximum. Further down, float32 FFT round-off sets the
-    # floor: about 1e-2 dB at -97 dB on the chirp (shared/spec/dependencies.md §6, tolerance note).
+    # floor: about 1e-2 dB at -97 dB on the chirp (docs/paper.md#frontend-tolerance).
     tolerance = NEAR_TOLERANCE[float32_output["dft"]]
     assert err[near].max() <= tolerance, f"{name}: {err[near].max():.2e} dB within 80 dB of max"
     assert err.max() <= 2e-2, f"{name}: {err.max():.2e} dB anywhere"
@@ -116,7 +116,7 @@ def test_filterbank_equals_torchaudio_formula():
     theirs = torchaudio_mel_fbanks(513, 0.0, 11025.0, 128, SR).numpy()
     assert ours.shape == theirs.shape == (513, 128)
     np.testing.assert_allclose(ours, theirs, rtol=0, atol=1e-5)
-    # f_max = 11025 > 8 kHz Nyquist: filters 117..127 are empty, kept for fidelity (spec §2).
+    # f_max = 11025 > 8 kHz Nyquist: filters 117..127 are empty, kept for fidelity (docs/paper.md#frontend).
     empty = np.flatnonzero(ours.max(axis=0) == 0)
     np.testing.assert_array_equal(empty, np.arange(117, 128))
 

@@ -1,4 +1,4 @@
-"""Every fit is a run: the schedules left open follow it, measured from its first step (spec §6.2).
+"""Every fit is a run: the schedules left open follow it, measured from its first step (docs/paper.md#schedules).
 
 A fit of E epochs of S steps is a run of E * S steps that starts at the optimizer step
 ``iterations - initial_epoch * S``. The learning rate, weight decay, EMA momentum and DINO
@@ -76,7 +76,7 @@ def cosine(i, n, start, end):
 
 
 def expected_run(epochs, first=0):
-    """The schedules at run steps ``first ..`` of an ``epochs``-epoch run (numpy, spec §6.2)."""
+    """The schedules at run steps ``first ..`` of an ``epochs``-epoch run (numpy, docs/paper.md#schedules)."""
     total = epochs * STEPS
     i = np.arange(first, total)
     return {"learning_rate": cosine(i, total, LR, MIN_LR), "weight_decay": cosine(i, total, 0.04, 0.4),

@@ -1,4 +1,4 @@
-"""Schedules as functions of the step against the authors' precomputed numpy arrays (spec §6.2).
+"""Schedules as functions of the step against the authors' precomputed numpy arrays (docs/paper.md#schedules).
 
 The references rebuild ``utils/scheduler.py``'s arrays (linspace and cosine segments joined
 with ``np.concatenate``, indexed by the global step or the epoch) from the spec's description.

@@ -1,4 +1,4 @@
-"""PyTorch reference of the paper's encoder, written from the spec (shared/spec/paper.md §2-§3).
+"""PyTorch reference of the paper's encoder, written from the spec (docs/paper.md#frontend, docs/paper.md#encoder).
 
 This is the correctness reference for the Keras port and its speed peer in benchmarks.
 It needs only torch (no torchaudio): the frontend reproduces torchaudio's

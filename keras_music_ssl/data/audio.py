@@ -3,7 +3,7 @@
 soundfile (libsndfile 1.2: WAV, FLAC, OGG/Vorbis/Opus, MP3, AIFF, ...) first; audioread as the
 fallback for what libsndfile cannot read (it uses ffmpeg/GStreamer when installed, e.g. for
 AAC/M4A/WMA, and Python's own WAV/AIFF readers otherwise). Resampling is soxr "HQ"
-(shared/spec/dependencies.md §7). This is the paper's loader (spec §1, `usage/sample.py`):
+(docs/dependencies.md#audio-decoding). This is the paper's loader (docs/paper.md#data, `usage/sample.py`):
 mono = channel mean, resample, optional peak normalisation, at most 10 minutes.
 
 Error reasons (``AudioError.reason``), decided in this order:
@@ -184,6 +184,30 @@ def load_audio(path, sample_rate=SAMPLE_RATE, mono=True, normalize=True,
 
     Only the first ``max_duration`` seconds are decoded (None: all). ``normalize`` divides by the
     peak |x| when it is non-zero. Raises :class:`AudioError` with a reason (module docstring).
+
+    Args:
+        path: an audio file (WAV, FLAC, OGG, MP3, ... and whatever audioread can open).
+        sample_rate: the output's rate, Hz (16000); soxr resamples.
+        mono: mix the channels down to one (their mean).
+        normalize: divide by the peak |x| (the paper's loader).
+        max_duration: seconds to decode from the start (600, the paper's 10 minutes; None: all).
+        min_duration: a shorter file is an ``AudioError`` (``too_short``).
+
+    Returns:
+        The samples, float32: ``(samples,)`` when ``mono``, else ``(samples, channels)``.
+
+    Raises:
+        AudioError: the file cannot be used; ``reason`` says why (``missing``, ``empty``,
+            ``undecodable``, ``truncated``, ``non_finite``, ``too_short``, ...).
+
+    Examples:
+        >>> import numpy as np, soundfile
+        >>> from keras_music_ssl.data import load_audio
+        >>> tone = 0.25 * np.sin(np.arange(44100) / 10)  # 1 s at 44.1 kHz
+        >>> soundfile.write("tone.wav", np.stack([tone, tone], axis=1), 44100)  # stereo
+        >>> waveform = load_audio("tone.wav")
+        >>> waveform.shape, waveform.dtype, float(np.abs(waveform).max())
+        ((16000,), dtype('float32'), 1.0)
     """
     import soxr
 

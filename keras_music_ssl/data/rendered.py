@@ -16,7 +16,7 @@ These three are the dataset's tasks (``tasks.json``): ``instruments`` (multi-lab
 column), ``style`` and ``tempo`` (single-label). Key and mode are not labelled: music21 only
 estimates them.
 
-Build (``shared/data.md``):
+Build:
 
 1. per work (cached, seed-independent): parse the score, keep its first :data:`BARS` bars (whole
    quartets take minutes otherwise; bars by index, as Palestrina's numbers do not run 1..n),

@@ -1,4 +1,4 @@
-"""Downstream segment datasets (spec §7.2) in tf.data, for training on audio end to end.
+"""Downstream segment datasets (docs/paper.md#downstream-data) in tf.data, for training on audio end to end.
 
 The rules are those of ``keras_music_ssl/track.py`` (one definition; the probe harness uses it
 in numpy): non-overlapping segments of ``segment_samples``, the partial last one dropped, kept if

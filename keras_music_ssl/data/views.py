@@ -1,4 +1,4 @@
-"""The multi-view sampler: V crops of one track, drawn online inside tf.data (spec §1).
+"""The multi-view sampler: V crops of one track, drawn online inside tf.data (docs/paper.md#data).
 
 The paper's views are two 4-s segments of the same track "at least 4 s apart", with no
 augmentation. Here, for V >= 2 views of ``segment_samples`` samples:
@@ -25,7 +25,7 @@ Optional, both off by default as in the paper:
 
 - silence-aware cropping: draw up to ``silence_attempts`` candidate start sets and take the
   first whose every view passes the paper's downstream RMS rule
-  ``10·ln(rms_view / rms_track) > silence_threshold`` (-7.5, natural log, spec §7.2); if none
+  ``10·ln(rms_view / rms_track) > silence_threshold`` (-7.5, natural log, docs/paper.md#downstream-data); if none
   passes, the first candidate is used and counted as ``silent_views``;
 - light augmentations per view: a random gain in ``[-gain_db, +gain_db]`` dB, a polarity flip
   with probability ``polarity``, white noise at ``noise_snr_db`` dB below the view's RMS.
@@ -42,7 +42,7 @@ import tensorflow as tf
 from keras_music_ssl.errors import OptionError
 
 SEGMENT_SAMPLES = 64000  # 4 s at 16 kHz: the backbone's fixed input length
-MIN_GAP = 64000  # 4 s between start times (spec §1)
+MIN_GAP = 64000  # 4 s between start times (docs/paper.md#data)
 COUNTERS = ("tracks", "reduced_gap", "padded", "silent_views")
 MAX_GAIN_DB = 100.0  # 10**(gain/20) stays far inside float32; louder makes no sense as an augmentation
 MIN_SNR_DB = -100.0  # noise at most 100 dB above the view

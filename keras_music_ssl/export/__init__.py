@@ -39,7 +39,7 @@ peak-normalised first: ``kmssl tag --model`` decodes audio accordingly). Exports
 these fields read as ``"chunks"`` and ``True``.
 
 The track signatures follow ``keras_music_ssl/track.py``, the one definition that
-``embed_files`` also follows (the authors' ``usage/sample.py``, spec §2): peak-normalise the
+``embed_files`` also follows (the authors' ``usage/sample.py``, docs/paper.md#track-embeddings): peak-normalise the
 whole track (a no-op on the output of ``keras_music_ssl.data.load_audio``), zero-pad at the
 end to a multiple of 4 s, embed each consecutive 4 s chunk, average the embeddings, then
 apply the tag head to the mean embedding. An empty track is an error: the graph reports it
@@ -127,6 +127,33 @@ def export(model, path, format="savedmodel", representative=None, overwrite=Fals
     any work). ``metadata``: what the model's preset says about it (``presets.preset_metadata``:
     method, training, licence); ``probe_results``: a ``kmssl probe`` ``results.json`` holding its
     encoder, whose numbers the card shows beside the floors.
+
+    Args:
+        model: a ``MusicEncoder``, a ``MusicTagger`` or one of musicnn's taggers.
+        path: the ``.tflite`` file, or the SavedModel / ONNX folder, to write.
+        format: one of ``FORMATS``: "savedmodel", "tflite", "tflite-fp16", "tflite-int8",
+            "tflite-int8-full", "onnx".
+        representative: calibration audio for "tflite-int8-full" (waveforms or files).
+        overwrite: replace an earlier export at ``path``.
+        metadata: the preset's metadata, for the card.
+        probe_results: a ``kmssl probe`` ``results.json`` (path or dict), for the card.
+        card: write the model card and ``model.json``.
+
+    Returns:
+        ``path``, once the export is complete there.
+
+    Raises:
+        ExportError: a model, format or path that cannot be exported (one line).
+
+    Examples:
+        >>> import numpy as np
+        >>> from keras_music_ssl import MusicEncoder
+        >>> from keras_music_ssl.export import export, load_exported
+        >>> encoder = MusicEncoder(width=4, layers=(1, 1, 1, 1), heads=2, output_dim=32)  # tiny
+        >>> path = export(encoder, "embedder.tflite", "tflite")
+        >>> runner = load_exported("embedder.tflite")
+        >>> runner.track(np.ones(16000 * 10, "float32"))["embedding"].shape
+        (32,)
     """
     if format not in FORMATS:
         raise ValueError(f"format must be one of {FORMATS}, got {format!r}")

@@ -108,7 +108,35 @@ class OnnxRunner(SavedModelRunner):
 
 def load_exported(path, num_threads=None):
     """A runner for an exported model: ``SavedModelRunner`` or ``OnnxRunner`` (folders) or
-    ``TFLiteRunner`` (a file)."""
+    ``TFLiteRunner`` (a file).
+
+    Args:
+        path: a ``.tflite`` file, a SavedModel folder or an ONNX folder written by ``export``.
+        num_threads: threads of the TFLite interpreter / onnxruntime (None: theirs).
+
+    Returns:
+        A runner with ``metadata`` (kind, tags, thresholds, ...), ``clips(waveforms)`` (4 s
+        clips, ``(batch, 64000)``), ``track(waveform)`` (a whole track: the mean of its 4 s
+        chunks' embeddings, and the tags of that mean), ``run(signature, **inputs)`` and
+        ``decide(probabilities)``, each output a dict of numpy arrays.
+
+    Raises:
+        ExportError: a path that is not an export, or whose metadata is damaged.
+
+    Examples:
+        >>> import numpy as np
+        >>> from keras_music_ssl import MusicEncoder
+        >>> from keras_music_ssl.export import export, load_exported
+        >>> from keras_music_ssl.tagger import MusicTagger, TagHead
+        >>> encoder = MusicEncoder(width=4, layers=(1, 1, 1, 1), heads=2, output_dim=32)  # tiny
+        >>> path = export(MusicTagger(encoder, TagHead(["piano", "drums"])), "tagger.tflite", "tflite")
+        >>> runner = load_exported("tagger.tflite")
+        >>> runner.metadata["tags"] == ["piano", "drums"]  # the names travel with the export
+        True
+        >>> out = runner.track(np.ones(16000 * 10, "float32"))  # 10 s: 3 chunks of 4 s
+        >>> out["probabilities"].shape, int(out["num_chunks"])
+        ((2,), 3)
+    """
     path = existing_model_path(path)
     if path.is_dir():
         return OnnxRunner(path, num_threads) if is_onnx_folder(path) else SavedModelRunner(path)

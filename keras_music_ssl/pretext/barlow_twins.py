@@ -1,4 +1,4 @@
-"""Barlow Twins: the cross-correlation of two views' projections pushed to the identity (spec §5.4).
+"""Barlow Twins: the cross-correlation of two views' projections pushed to the identity (docs/paper.md#barlow-twins).
 
 Zbontar et al., "Barlow Twins: Self-Supervised Learning via Redundancy Reduction",
 ICML 2021 (arXiv 2103.03230); the authors' ``DiagonalLoss``.
@@ -61,6 +61,23 @@ class BarlowTwins(PretextModel):
         projector_dims: default (D, D, 2D), the paper's 1024 -> 1024 -> 1024 -> 2048.
         off_diagonal_weight: lambda; default 1.0 ("released") or 5.1e-3 ("original").
         form: "released" (default) or "original", see ``barlow_twins_loss``.
+        **kwargs: ``PretextModel``'s (``steps_per_epoch``, ``run_start``, ``run_steps``,
+            ``sync_batchnorm``) and Keras ``Model``'s.
+
+    Returns:
+        Called on views ``(batch, views, samples)``, the encoder's embeddings
+        ``(batch, views, D)`` (on ``(batch, samples)``: ``(batch, D)``); ``fit`` trains on views
+        and logs ``loss``, ``on_diagonal`` and ``off_diagonal``.
+
+    Examples:
+        >>> from keras_music_ssl import MusicEncoder
+        >>> from keras_music_ssl.pretext import BarlowTwins
+        >>> encoder = MusicEncoder(width=4, layers=(1, 1, 1, 1), heads=2, output_dim=32)  # tiny
+        >>> model = BarlowTwins(encoder)
+        >>> model.projector_dims
+        (32, 32, 64)
+        >>> model.compile()  # AdamW with the authors' schedules
+        >>> # then model.fit(views, epochs=...), views (batch, 2, 64000): docs/pretraining.md
     """
 
     log_names = ("loss", "on_diagonal", "off_diagonal")

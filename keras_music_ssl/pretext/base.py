@@ -176,7 +176,7 @@ class PretextModel(keras.Model):
                 warmup_steps=0, total_steps=None, loss=None, **kwargs):
         """With no ``optimizer``: ``ScheduledAdamW`` (betas 0.9, 0.999), learning rate with a
         linear warm-up of ``warmup_steps`` from 1e-7 then a cosine to 1e-7, weight decay cosine
-        ``weight_decay -> weight_decay_end`` (the authors' schedules, spec §6.2). Both last
+        ``weight_decay -> weight_decay_end`` (the authors' schedules, docs/paper.md#schedules). Both last
         ``total_steps`` steps from the first; by default (None) they follow each ``fit()``'s run
         (epochs x steps per epoch, from its first step). The base learning rate is not
         published: 5e-4 is DINO's for a batch of 256.

@@ -1,4 +1,4 @@
-"""BYOL: an online network predicts an EMA teacher's projection of another view (spec §5.2).
+"""BYOL: an online network predicts an EMA teacher's projection of another view (docs/paper.md#byol).
 
 Grill et al., "Bootstrap Your Own Latent", NeurIPS 2020 (arXiv 2006.07733); the authors'
 ``SSLBYOL`` and ``BYOLLoss``.
@@ -27,7 +27,7 @@ def byol_loss(predictions, targets, form="released"):
         "original" (the BYOL paper):              loss = mean_{b, i != j} (2 - 2 <p_bj, z_bi>)
 
     The released code sums p * z over the batch axis (``dim=-0``) instead of the features:
-    the same loss up to an affine rescaling by B / D, almost surely a slip (spec §5.2, §10).
+    the same loss up to an affine rescaling by B / D, almost surely a slip (docs/paper.md#byol, docs/paper.md#caveats).
     It is the default because it is the code that produced the paper's numbers, as for
     every method here; with an Adam-type optimizer the rescaling barely matters.
     """
@@ -57,12 +57,29 @@ class BYOL(PretextModel):
         encoder: (batch, samples) -> (batch, D) Keras model.
         projector_dims: default (D, D, 2D), the paper's 1024 -> 1024 -> 1024 -> 2048.
         predictor_dims: default (P / 8, P) for a P-d projection, the paper's 2048 -> 256 -> 2048.
-        momentum, momentum_end: EMA momentum 0.996 -> 1.
+        momentum: EMA momentum at the start of the run (0.996).
+        momentum_end: EMA momentum at its end (1).
         momentum_epochs: None (default) for the length of the run, or a length in epochs
             (999: the released code's value).
         form: "released" (default, the authors' code) or "original" (the BYOL paper), see
             ``byol_loss``.
-        steps_per_epoch, run_start, run_steps: see ``PretextModel``.
+        **kwargs: ``PretextModel``'s (``steps_per_epoch``, ``run_start``, ``run_steps``,
+            ``sync_batchnorm``) and Keras ``Model``'s.
+
+    Returns:
+        Called on views ``(batch, views, samples)``, the encoder's embeddings
+        ``(batch, views, D)`` (on ``(batch, samples)``: ``(batch, D)``); ``fit`` trains on views
+        and logs ``loss`` and ``ema_momentum``.
+
+    Examples:
+        >>> from keras_music_ssl import MusicEncoder
+        >>> from keras_music_ssl.pretext import BYOL
+        >>> encoder = MusicEncoder(width=4, layers=(1, 1, 1, 1), heads=2, output_dim=32)  # tiny
+        >>> model = BYOL(encoder)
+        >>> model.predictor_dims
+        (8, 64)
+        >>> model.compile()  # AdamW with the authors' schedules
+        >>> # then model.fit(views, epochs=...), views (batch, 2, 64000): docs/pretraining.md
     """
 
     log_names = ("loss", "ema_momentum")

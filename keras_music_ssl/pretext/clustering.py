@@ -1,4 +1,4 @@
-"""Clustering: DINO-style self-distillation with centring and sharpening (spec §5.3).
+"""Clustering: DINO-style self-distillation with centring and sharpening (docs/paper.md#clustering).
 
 Caron et al., "Emerging Properties in Self-Supervised Vision Transformers", ICCV 2021
 (arXiv 2104.14294); the authors' ``SSLClustering`` and ``ClusteringLoss``. Unlike DINO the
@@ -56,14 +56,32 @@ class Clustering(PretextModel):
         head_dims: default (D, D, D / 4, 4D), the paper's 1024 -> 1024 -> 1024 -> 256 -> 4096;
             K = head_dims[-1] "prototypes".
         student_temperature: tau_s (0.1).
-        teacher_temperature, teacher_temperature_start, teacher_temperature_epochs: tau_t
-            cosine from 0.02 to 0.04 over the first 10 epochs of the run, then 0.04.
+        teacher_temperature: tau_t after the warm-up (0.04).
+        teacher_temperature_start: tau_t at the start of the run (0.02), rising along a cosine.
+        teacher_temperature_epochs: the warm-up's length in epochs (10).
         center_momentum: 0.9.
-        momentum, momentum_end: teacher EMA momentum 0.996 -> 1.
+        momentum: teacher EMA momentum at the start of the run (0.996).
+        momentum_end: teacher EMA momentum at its end (1).
         momentum_epochs: None (default) for the length of the run, or a length in epochs.
             The released code uses 999 epochs whatever the length of training, so the
             momentum never reaches 1 in a shorter run; the paper does not state its run length.
-        steps_per_epoch, run_start, run_steps: see ``PretextModel``.
+        **kwargs: ``PretextModel``'s (``steps_per_epoch``, ``run_start``, ``run_steps``,
+            ``sync_batchnorm``) and Keras ``Model``'s.
+
+    Returns:
+        Called on views ``(batch, views, samples)``, the encoder's embeddings
+        ``(batch, views, D)`` (on ``(batch, samples)``: ``(batch, D)``); ``fit`` trains on views
+        and logs ``loss``, ``teacher_temperature`` and ``ema_momentum``.
+
+    Examples:
+        >>> from keras_music_ssl import MusicEncoder
+        >>> from keras_music_ssl.pretext import Clustering
+        >>> encoder = MusicEncoder(width=4, layers=(1, 1, 1, 1), heads=2, output_dim=32)  # tiny
+        >>> model = Clustering(encoder)
+        >>> model.head_dims
+        (32, 32, 8, 128)
+        >>> model.compile()  # AdamW with the authors' schedules
+        >>> # then model.fit(views, epochs=...), views (batch, 2, 64000): docs/pretraining.md
     """
 
     log_names = ("loss", "teacher_temperature", "ema_momentum")

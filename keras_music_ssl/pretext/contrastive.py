@@ -1,4 +1,4 @@
-"""Contrastive learning: SimCLR's NT-Xent loss between the views of each track (spec §5.1).
+"""Contrastive learning: SimCLR's NT-Xent loss between the views of each track (docs/paper.md#contrastive).
 
 Chen et al., "A Simple Framework for Contrastive Learning of Visual Representations",
 ICML 2020 (arXiv 2002.05709); the authors' ``NT_Xent``.
@@ -52,6 +52,23 @@ class Contrastive(PretextModel):
         temperature: NT-Xent temperature (authors' default 0.1).
         projector_dims: widths of the projector; default (D, D, 2D), the paper's
             1024 -> 1024 -> 1024 -> 2048 for the 1024-d encoder.
+        **kwargs: ``PretextModel``'s (``steps_per_epoch``, ``run_start``, ``run_steps``,
+            ``sync_batchnorm``) and Keras ``Model``'s.
+
+    Returns:
+        Called on views ``(batch, views, samples)``, the encoder's embeddings
+        ``(batch, views, D)`` (on ``(batch, samples)``: ``(batch, D)``); ``fit`` trains on views
+        and logs ``loss``.
+
+    Examples:
+        >>> from keras_music_ssl import MusicEncoder
+        >>> from keras_music_ssl.pretext import Contrastive
+        >>> encoder = MusicEncoder(width=4, layers=(1, 1, 1, 1), heads=2, output_dim=32)  # tiny
+        >>> model = Contrastive(encoder)
+        >>> model.projector_dims
+        (32, 32, 64)
+        >>> model.compile()  # AdamW with the authors' schedules
+        >>> # then model.fit(views, epochs=...), views (batch, 2, 64000): docs/pretraining.md
     """
 
     def __init__(self, encoder, temperature=0.1, projector_dims=None, **kwargs):

@@ -1,7 +1,7 @@
 """Training on several devices with the engines Keras already has, and the cross-replica
 helpers the losses need. With ``base.py``, the only backend-specific code of the pretext methods.
 
-Every loss sees the global batch, as in the authors' code (spec §5: a gradient-preserving
+Every loss sees the global batch, as in the authors' code (docs/paper.md#losses: a gradient-preserving
 all-gather of the embeddings, SyncBatchNorm), by a different mechanism per backend:
 
 - TensorFlow, ``tf.distribute.MirroredStrategy`` (one host, N devices): each replica runs the

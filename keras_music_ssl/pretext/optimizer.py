@@ -1,6 +1,6 @@
 """AdamW with a scheduled weight decay, the default optimizer of the pretext methods.
 
-The authors' scheduler (spec §6.2) moves the weight decay along a cosine 0.04 -> 0.4, the
+The authors' scheduler (docs/paper.md#schedules) moves the weight decay along a cosine 0.04 -> 0.4, the
 DINO recipe, which suggests an AdamW-type optimizer (the optimizer itself is not released).
 Keras' AdamW takes a constant decay only; this one also takes a schedule of the step.
 As in DINO, 1-D variables (biases, BatchNorm scale and offset) are not decayed.

@@ -1,4 +1,4 @@
-"""The EMA teacher of BYOL and the clustering method (spec §5.2-5.3).
+"""The EMA teacher of BYOL and the clustering method (docs/paper.md#byol, docs/paper.md#clustering).
 
 The teacher starts as an exact copy of the student and is never trained by gradients: after
 each optimizer step, ``teacher <- m * teacher + (1 - m) * student``. Its variables are marked

@@ -1,4 +1,4 @@
-"""VICReg ("feature_stats" in the authors' code): variance, invariance, covariance (spec §5.5).
+"""VICReg ("feature_stats" in the authors' code): variance, invariance, covariance (docs/paper.md#vicreg).
 
 Bardes, Ponce and LeCun, "VICReg: Variance-Invariance-Covariance Regularization for
 Self-Supervised Learning", ICLR 2022 (arXiv 2105.04906); the authors' ``FeatureStatsLoss``.
@@ -80,10 +80,28 @@ class VICReg(PretextModel):
     Args:
         encoder: (batch, samples) -> (batch, D) Keras model.
         projector_dims: default (D, D, 2D), the paper's 1024 -> 1024 -> 1024 -> 2048.
-        invariance_weight, variance_weight, covariance_weight: default 1 / 1 / 1 ("released")
-            or 25 / 25 / 1 ("original").
+        invariance_weight: default 1 ("released") or 25 ("original").
+        variance_weight: default 1 ("released") or 25 ("original").
+        covariance_weight: default 1 (both forms).
         gamma: target standard deviation (1).
         form: "released" (default) or "original", see ``vicreg_loss``.
+        **kwargs: ``PretextModel``'s (``steps_per_epoch``, ``run_start``, ``run_steps``,
+            ``sync_batchnorm``) and Keras ``Model``'s.
+
+    Returns:
+        Called on views ``(batch, views, samples)``, the encoder's embeddings
+        ``(batch, views, D)`` (on ``(batch, samples)``: ``(batch, D)``); ``fit`` trains on views
+        and logs ``loss``, ``invariance``, ``variance`` and ``covariance``.
+
+    Examples:
+        >>> from keras_music_ssl import MusicEncoder
+        >>> from keras_music_ssl.pretext import VICReg
+        >>> encoder = MusicEncoder(width=4, layers=(1, 1, 1, 1), heads=2, output_dim=32)  # tiny
+        >>> model = VICReg(encoder)
+        >>> model.projector_dims
+        (32, 32, 64)
+        >>> model.compile()  # AdamW with the authors' schedules
+        >>> # then model.fit(views, epochs=...), views (batch, 2, 64000): docs/pretraining.md
     """
 
     log_names = ("loss", "invariance", "variance", "covariance")

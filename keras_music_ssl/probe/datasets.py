@@ -5,7 +5,7 @@
 - a folder in the generic format (or its ``metadata.csv``): what users bring, and the rendered
   dataset;
 - ``mtat:ROOT``: MagnaTagATune with the split of Lee et al. (SMC 2017) that the paper uses
-  (spec §8.1): ``{train,valid,test}_list_pub.cP`` and ``y_{train,valid,test}_pub.npy`` in ``ROOT``
+  (docs/paper.md#mtat): ``{train,valid,test}_list_pub.cP`` and ``y_{train,valid,test}_pub.npy`` in ``ROOT``
   or ``ROOT/MTAT_split``, audio under ``ROOT/mp3`` (or ``ROOT``) as ``<dir>/<clip>.mp3`` (the lists
   name ``.npy`` files; the authors swap the suffix). The 50 tags in the published column order
   (:data:`MTAT_TAGS`). The ``.cP`` files are pickles: they are read by an unpickler that builds
@@ -15,7 +15,7 @@
   ``genre`` or ``all``, or several joined by ``+``, each then a task; default: ``top50tags`` and
   every other of the four subsets present, as tasks; SPLIT 0-4, default 0 as in the paper). Columns TRACK_ID, ARTIST_ID,
   ALBUM_ID, PATH, DURATION, then one ``category---tag`` per column. Tags are the bare names
-  (unambiguous in every subset, spec §8.2), ordered by their full ``category---tag`` name, so
+  (unambiguous in every subset, docs/paper.md#mtg-jamendo), ordered by their full ``category---tag`` name, so
   the order is fixed and equals the official ``data/tags/top50.txt`` grouping (genre,
   instrument, mood/theme, each alphabetical). Audio under ``ROOT/raw_30s/audio`` (moodtheme:
   ``ROOT/autotagging_moodtheme/audio`` first), ``ROOT/audio`` or ``ROOT``; a ``.low.mp3``

@@ -1,6 +1,6 @@
 """Frozen embeddings of a dataset split, cached on disk and resumable after a kill.
 
-The paper's downstream protocol (spec §7.2), with the track rules of ``keras_music_ssl/track.py``:
+The paper's downstream protocol (docs/paper.md#downstream-data), with the track rules of ``keras_music_ssl/track.py``:
 
 - ``train``: each track gives its non-overlapping 4 s segments that pass the RMS silence rule,
   shuffled, at most 25 (the shuffle is seeded by ``(seed, path)``, so it does not depend on the

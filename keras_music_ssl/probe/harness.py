@@ -264,6 +264,46 @@ def run_probe(dataset, models, out, protocol="paper", fractions=None, draws=DRAW
     are loaded only once ``out`` is locked. ``eval_chunks``: how valid/test tracks are cut
     (``track.py``); ``embed_batch_size``: 4 s clips per model call. ``overrides``: probe settings
     (``hidden_units``, ``epochs``, ``batch_size``, ``learning_rate``, ...).
+
+    Args:
+        dataset: a ``ProbeData`` or a DATASET string: a labeled folder, ``mtat:ROOT`` or
+            ``jamendo:ROOT[:SUBSET[:SPLIT]]`` (docs/probing.md).
+        models: the models to probe (see above).
+        out: the report folder (``results.json``, ``results.md``, figures, heads, predictions).
+        protocol: "paper" (the authors' head) or "marble" (MARBLE's MLP).
+        fractions: training-set percentages for the limited-data curves (None: off).
+        draws: seeded draws per fraction.
+        bootstrap: test resamples for the intervals (50, as the poster).
+        seed: seed of the probes, draws and resamples.
+        baseline: add the ``logmel-stats`` floor.
+        cache_dir: the embeddings cache (default ``~/.cache/keras_music_ssl/embeddings``).
+        embed_batch_size: 4 s clips per model call.
+        eval_chunks: "segments" (default) or "padded", how valid/test tracks are cut.
+        weights_dir: where named presets live.
+        audio_dir: the dataset's audio root, if not where its loader looks.
+        tasks: task names to probe (default: all).
+        progress: print progress.
+        verbose: Keras' ``fit`` verbosity of the probes.
+        **overrides: probe settings (``hidden_units``, ``epochs``, ...).
+
+    Returns:
+        The results (also ``results.json``): ``dataset``, ``protocol``, ``task``, ``tags``,
+        ``models`` (the main task's metrics per model, with bootstrap intervals), ``tasks`` (every
+        task's), ``settings`` and ``data``.
+
+    Raises:
+        ProbeDataError: a dataset that cannot be read or scored (one line).
+
+    Examples:
+        >>> from keras_music_ssl import MusicEncoder
+        >>> from keras_music_ssl.data.rendered import build_rendered_dataset
+        >>> from keras_music_ssl.probe import run_probe
+        >>> data = build_rendered_dataset("rendered-tiny", size="tiny", progress=False)  # 24 clips
+        >>> encoder = MusicEncoder(width=4, layers=(1, 1, 1, 1), heads=2, output_dim=32)  # tiny, untrained
+        >>> results = run_probe("rendered-tiny", [("tiny", encoder)], out="probe", bootstrap=5,
+        ...                     cache_dir="embeddings", progress=False)
+        >>> sorted(results["models"])
+        ['logmel-stats', 'tiny']
     """
     out = os.fspath(out)
     cache_dir = os.fspath(cache_dir) if cache_dir else default_cache_dir()

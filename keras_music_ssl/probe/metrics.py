@@ -1,4 +1,4 @@
-"""Tagging metrics (scikit-learn) and their bootstrap over test tracks (spec §7.3).
+"""Tagging metrics (scikit-learn) and their bootstrap over test tracks (docs/paper.md#metrics).
 
 - ROC-AUC and PR-AUC (average precision), macro (mean over tags) and micro (every
   track x tag pair pooled), as the authors' torchmetrics ``AUROC`` / ``AveragePrecision``.

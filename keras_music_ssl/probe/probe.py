@@ -1,6 +1,6 @@
 """A probe: a ``TagHead`` trained on frozen embeddings, with one of two protocols.
 
-``paper`` (spec §7.1): the authors' ``Head(1024, head_feature_dim + [n_tags])``, by default
+``paper`` (docs/paper.md#downstream-model): the authors' ``Head(1024, head_feature_dim + [n_tags])``, by default
 (``head_feature_dim = []``) one bias-free linear layer; ``hidden_units`` adds their hidden
 blocks (Linear no bias -> BN -> ReLU). The authors' ``DownstreamLoss``:
 
