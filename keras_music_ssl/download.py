@@ -73,7 +73,7 @@ def download(url, target, sha256=None, progress=True, timeout=60.0, what=None):
     """Download ``url`` to ``target`` (a file path) and return it; a ``target`` that exists is
     returned as it is. Raises :class:`DownloadError` in one line; a transfer cut short is kept
     and resumed by the next call."""
-    from tqdm.auto import tqdm
+    from keras_music_ssl.progress import bar as progress_bar
 
     target = pathlib.Path(target)
     partial = partial_download(target)
@@ -84,8 +84,8 @@ def download(url, target, sha256=None, progress=True, timeout=60.0, what=None):
         response, offset = _open(url, offset, timeout)
         total = _total(response, offset)
         storage.require_space(target.parent, (total or 0) - offset)
-        bar = tqdm(total=total, initial=offset, unit="B", unit_scale=True, desc=what or target.name,
-                   disable=not progress or None, file=sys.stderr)
+        bar = progress_bar(total=total, initial=offset, unit="B", unit_scale=True, desc=what or target.name,
+                           enabled=progress, summary=False, file=sys.stderr)
         try:
             with response, open(partial, "ab" if offset else "wb") as f:
                 while block := response.read(CHUNK):

@@ -171,11 +171,11 @@ def embed_files(encoder, paths, batch_size=32, progress=True, max_duration=MAX_D
     ``skipped`` lists ``(path, reason)`` for the others (missing, undecodable, truncated, ...).
     ``on_result(path, embedding_or_None, reason_or_None)`` is called as each file finishes.
     """
-    from tqdm.auto import tqdm
+    from keras_music_ssl.progress import bar as progress_bar
 
     paths = [str(p) for p in paths]
     rows, kept, skipped = [], [], []
-    with tqdm(total=len(paths), unit="file", desc="embed", disable=not progress) as bar:
+    with progress_bar(total=len(paths), unit="file", desc="embed", enabled=progress) as bar:
         for path, embedding, reason in iter_track_embeddings(encoder, paths, batch_size,
                                                              max_duration):
             if embedding is None:
@@ -304,7 +304,7 @@ def embed_timelines_to_file(encoder, paths, out, hop=None, batch_size=32, preset
     ``embeddings`` / ``paths`` (track embeddings), and ``window_embeddings`` (W, D), ``window_file``
     (W,: the row in ``paths``), ``window_start`` / ``window_end`` (W,: seconds), ``hop``. Written
     once, atomically, at the end (a killed run leaves no .npz). Returns :class:`Timelines`."""
-    from tqdm.auto import tqdm
+    from keras_music_ssl.progress import bar as progress_bar
 
     from keras_music_ssl.timeline import timeline
 
@@ -313,7 +313,7 @@ def embed_timelines_to_file(encoder, paths, out, hop=None, batch_size=32, preset
         raise ResumeMismatchError(f"{out} exists: --overwrite to replace it, or choose another --out")
     lines, skipped = [], []
     with storage.locked(out, folder=False):
-        for path in tqdm([str(p) for p in paths], unit="file", desc="embed", disable=not progress):
+        for path in progress_bar([str(p) for p in paths], unit="file", desc="embed", enabled=progress):
             try:
                 lines.append(timeline(encoder, path, hop=hop, batch_size=batch_size, embeddings=True,
                                       max_duration=max_duration))

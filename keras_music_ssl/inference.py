@@ -19,6 +19,8 @@ This is the package's one place for backend-specific inference code.
 import keras
 import numpy as np
 
+from keras_music_ssl.progress import keras_verbosity
+
 _ATTRIBUTE = "_kmssl_inference"
 
 
@@ -104,7 +106,8 @@ def predict_arrays(model, x, batch_size=32, progress=False):
     """``model(x)`` in inference mode as float32 numpy, ``batch_size`` rows at a time.
 
     ``x`` is a numpy array (batch, ...). Batches are zero-padded to ``padded_size`` rows and
-    the padding is cut from the result. ``progress`` shows a Keras progress bar per batch.
+    the padding is cut from the result. ``progress`` shows a Keras progress bar per batch
+    (one line at the end off a terminal: ``progress.keras_verbosity``).
     """
     x = np.asarray(x)
     if x.dtype != np.float32:
@@ -114,7 +117,7 @@ def predict_arrays(model, x, batch_size=32, progress=False):
         raise ValueError(f"batch_size must be >= 1, got {batch_size}")
     fn = compiled_function(model)
     starts = range(0, len(x), batch_size)
-    bar = keras.utils.Progbar(len(starts)) if progress and len(starts) else None
+    bar = keras.utils.Progbar(len(starts), verbose=keras_verbosity(1)) if progress and len(starts) else None
     outputs = []
     for step, start in enumerate(starts):
         batch = x[start:start + batch_size]
@@ -145,7 +148,7 @@ class FastInference:
     def predict(self, x, batch_size=None, verbose="auto", steps=None, callbacks=None):
         if isinstance(x, np.ndarray) and steps is None and callbacks is None:
             return predict_arrays(self, x, batch_size or 32, progress=verbose in ("auto", 1, True))
-        return super().predict(x, batch_size=batch_size, verbose=verbose, steps=steps,
+        return super().predict(x, batch_size=batch_size, verbose=keras_verbosity(verbose), steps=steps,
                                callbacks=callbacks)
 
     def predict_on_batch(self, x):

@@ -295,14 +295,14 @@ def timeline(model, audio, hop=None, batch_size=32, embeddings=False, max_durati
 
 
 def _run(runner, samples, audio, hop_samples, clip, batch_size, keep_embeddings, progress):
-    from tqdm.auto import tqdm
+    from keras_music_ssl.progress import bar as progress_bar
 
     starts = timeline_starts(samples.length, hop_samples)
     chunks = timeline_starts(samples.length, clip)
     every = np.union1d(starts, chunks)  # sorted: the file is read front to back
     is_window, is_chunk = np.isin(every, starts), np.isin(every, chunks)
     probabilities, kept, chunk_sum = [], [], None
-    for first in tqdm(range(0, len(every), batch_size), desc="timeline", unit="batch", disable=not progress):
+    for first in progress_bar(range(0, len(every), batch_size), desc="timeline", unit="batch", enabled=progress):
         batch = every[first:first + batch_size]
         embedding, tagged = runner.run(samples.windows(batch, clip))
         embedding = np.asarray(embedding, np.float32)

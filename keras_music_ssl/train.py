@@ -42,6 +42,7 @@ import zlib
 
 from keras_music_ssl import storage
 from keras_music_ssl.errors import KmsslError
+from keras_music_ssl.progress import keras_verbosity
 
 SEGMENT_SECONDS = 4.0
 
@@ -52,6 +53,8 @@ ENCODERS = {
     "medium": dict(width=16, layers=(1, 1, 1, 1), heads=8, output_dim=512),
     "paper": dict(width=16, layers=(3, 4, 6, 3), heads=8, output_dim=1024),
 }
+# The keys of pretext.METHODS, which imports Keras: `kmssl compare --help` lists these (tests/test_cli_quiet.py)
+METHOD_NAMES = ("contrastive", "byol", "clustering", "barlow_twins", "vicreg")
 EMA_METHODS = ("byol", "clustering")
 HELD_OUT_EVERY = 20  # user data without a validation set: 1 file in 20 monitors collapse
 
@@ -443,7 +446,7 @@ def _fit(out, config, model, train, valid, data_name, distribution, verbose, cur
         Backup(os.path.join(out, "backup")),  # last: it follows the CSV row and the checkpoint of its epoch
     ]
     history = model.fit(views, epochs=config.epochs, steps_per_epoch=config.steps_per_epoch,
-                        initial_epoch=done, callbacks=callbacks, verbose=verbose)
+                        initial_epoch=done, callbacks=callbacks, verbose=keras_verbosity(verbose))
     if model.stop_training:
         epoch = (history.epoch[-1] + 1) if history.epoch else done + 1
         raise PretrainError(f"{out}: the loss became NaN or infinite in epoch {epoch} (a learning rate too high, "

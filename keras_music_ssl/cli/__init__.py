@@ -6,9 +6,30 @@ Each subcommand module defines ``HELP`` (one line), ``add_arguments(parser)`` an
 One error boundary for every command (:func:`main`): a known failure (``errors.KmsslError``) or
 a disk that refuses a write (full, read-only, no permission) is one line on stderr and exit 2;
 Ctrl-C is one line and exit 130. Any other exception is a bug and keeps its traceback.
+
+Fast and quiet. ``kmssl --help`` and ``kmssl COMMAND --help`` import no Keras, TensorFlow, JAX or
+PyTorch, in three steps:
+
+1. ``kmssl`` and ``python -m keras_music_ssl`` import the package in a light form: its
+   ``__init__`` sees that it is the command line starting (``_started_by_the_command_line``) and
+   imports nothing more (any other ``import keras_music_ssl`` imports everything, as before).
+2. :func:`main` parses the arguments. Parsing imports only the subcommand modules here, and
+   their top level and ``add_arguments`` use light modules only (the standard library,
+   ``errors``, ``storage``, ``train``'s and ``probe.models``' constants; never keras, tensorflow,
+   jax, torch or numpy): ``--help`` and a bad option end here. ``tests/test_cli_quiet.py`` holds
+   every command's ``--help`` to it.
+3. Only then, when a command runs: the backend check (one line when ``KERAS_BACKEND`` is unusable),
+   TensorFlow's native log lines turned off unless ``--verbose`` (``tf_logs.quiet``, which must
+   come before TensorFlow is imported), and the full package import (``_import_all``: Keras and
+   every registered class), before the command's ``run``. Called in a process that has imported
+   the package already (the tests call ``main([...])``), the import is a no-op.
+
+Progress bars are drawn on a terminal only; written to a file or a pipe, each bar becomes one
+summary line (``keras_music_ssl.progress``).
 """
 
 import argparse
+import contextlib
 import errno
 import importlib
 import os
@@ -32,6 +53,13 @@ COMMANDS = {
 
 def _load(command):
     return importlib.import_module(f"keras_music_ssl.cli.{COMMANDS[command]}")
+
+
+def _command_in(argv):
+    """The subcommand ``argv`` names (its first word that is not an option: kmssl's own options
+    take no value), or None."""
+    word = next((a for a in argv if not a.startswith("-")), None)
+    return word if word in COMMANDS else None
 
 
 def _available():
@@ -66,7 +94,7 @@ def _quiet_about_full_disks(unraisable, default=sys.unraisablehook):
 
 def main(argv=None):
     argv = list(sys.argv[1:] if argv is None else argv)
-    command = argv[0] if argv and argv[0] in COMMANDS else "kmssl"
+    command = _command_in(argv) or "kmssl"
     sys.unraisablehook = _quiet_about_full_disks
     try:
         return _main(argv)
@@ -83,26 +111,42 @@ def main(argv=None):
         raise
 
 
+VERBOSE_HELP = "show TensorFlow's own log lines (C++ and absl; off by default)"
+
+
+def _parser(argv):
+    """The argument parser; imports only the subcommand module(s) it needs (light, see above)."""
+    parser = argparse.ArgumentParser(prog="kmssl", description="keras-music-ssl command line.")
+    parser.add_argument("--verbose", action="store_true", help=VERBOSE_HELP)
+    subparsers = parser.add_subparsers(dest="command", metavar="COMMAND")
+    chosen = _command_in(argv)
+    modules = {chosen: _load(chosen)} if chosen else _available()
+    for command, module in modules.items():
+        sub = subparsers.add_parser(command, help=module.HELP, description=module.HELP)
+        module.add_arguments(sub)
+        # also after the command (kmssl embed ... --verbose); SUPPRESS keeps kmssl --verbose embed's
+        sub.add_argument("--verbose", action="store_true", default=argparse.SUPPRESS, help=VERBOSE_HELP)
+    return parser, modules
+
+
 def _main(argv):
+    parser, modules = _parser(argv)
+    args = parser.parse_args(argv)  # --help and bad options end here, before any heavy import
+    if args.command is None:
+        parser.print_help()
+        return 2
     from keras_music_ssl.errors import backend_problem
 
     problem = backend_problem()
     if problem:
         print(f"kmssl: {problem}", file=sys.stderr)
         return 2
-    parser = argparse.ArgumentParser(prog="kmssl", description="keras-music-ssl command line.")
-    subparsers = parser.add_subparsers(dest="command", metavar="COMMAND")
-    chosen = argv[0] if argv and argv[0] in COMMANDS else None
-    # Importing a subcommand imports Keras/TensorFlow: do it only for the one being run.
-    modules = {chosen: _load(chosen)} if chosen else _available()
-    for command, module in modules.items():
-        sub = subparsers.add_parser(command, help=module.HELP, description=module.HELP)
-        module.add_arguments(sub)
-    args = parser.parse_args(argv)
-    if args.command is None:
-        parser.print_help()
-        return 2
-    return int(modules[args.command].run(args) or 0)
+    import keras_music_ssl
+    from keras_music_ssl import tf_logs
+
+    with contextlib.nullcontext() if args.verbose else tf_logs.quiet():
+        keras_music_ssl._import_all()  # Keras and every registered class (step 3 above)
+        return int(modules[args.command].run(args) or 0)
 
 
 if __name__ == "__main__":

@@ -17,7 +17,7 @@ HELP = "Pretrain several pretext methods alike and compare them with one probe r
 
 
 def add_arguments(parser):
-    from keras_music_ssl.pretext import METHODS
+    from keras_music_ssl.train import METHOD_NAMES as METHODS  # pretext.METHODS' keys, without Keras
 
     parser.add_argument("--out", required=True, metavar="DIR",
                         help="comparison folder: runs/<method>/, probe/, comparison.md/.json/.png")

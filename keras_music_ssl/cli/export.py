@@ -17,7 +17,9 @@ exported in a TensorFlow subprocess (``keras_music_ssl.export.export``).
 import os
 import sys
 
-from keras_music_ssl.export import FORMATS  # numpy-only at import time
+# keras_music_ssl.export.FORMATS (that package imports numpy and every export module; tests/test_cli_quiet.py
+# holds the two equal)
+FORMATS = ("savedmodel", "tflite", "tflite-fp16", "tflite-int8", "tflite-int8-full", "onnx")
 
 HELP = "Export an encoder (embedder) or a tagger to a SavedModel, a TFLite or an ONNX model."
 

@@ -59,10 +59,10 @@ def add_pretrain_options(parser, exclude=()):
     """The PretrainConfig options (also used by ``kmssl compare``)."""
     from keras_music_ssl.train import PretrainConfig
 
-    defaults = PretrainConfig()
+    defaults = {f.name: f.default for f in dataclasses.fields(PretrainConfig)}  # no instance: it imports Keras
     for flag, (field, text) in OPTIONS.items():
         if field not in exclude:
-            kind = TYPES.get(field) or type(getattr(defaults, field))
+            kind = TYPES.get(field) or type(defaults[field])
             parser.add_argument(flag, dest=field, type=kind, default=None, help=text)
     parser.add_argument("--option", action="append", default=[], metavar="KEY=VALUE",
                         help="a keyword of the method's constructor, VALUE as JSON (e.g. temperature=0.2, "

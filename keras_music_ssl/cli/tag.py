@@ -146,12 +146,11 @@ def _tag_file(args, path, model, meta, normalize, max_duration):
 
 
 def run(args):
-    from tqdm.auto import tqdm
-
     import numpy as np
 
     from keras_music_ssl.cli.embed import report_cut
     from keras_music_ssl.data import AudioError
+    from keras_music_ssl.progress import bar as progress_bar
     from keras_music_ssl.track import UnusableTrack
 
     args.timeline = bool(args.timeline or args.hop is not None or args.csv or args.plot)
@@ -168,7 +167,7 @@ def run(args):
     else:
         max_duration = args.max_duration or None
     results, skipped, lines = [], [], []
-    for path in tqdm(args.files, unit="file", desc="tag", disable=None, file=sys.stderr):
+    for path in progress_bar(args.files, unit="file", desc="tag", file=sys.stderr):
         try:
             probabilities, chunks, decided, line = _tag_file(args, path, model, meta, normalize, max_duration)
         except (AudioError, UnusableTrack) as error:  # UnusableTrack: 0 samples after resampling

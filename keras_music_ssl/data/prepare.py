@@ -422,13 +422,13 @@ def prepare_shards(sources, out, tracks_per_shard=TRACKS_PER_SHARD, workers=None
     Resumable: rerunning with the same sources and settings skips finished shards. ``workers``
     decoding processes (default: all cores; 0 or 1 decodes in this process).
     """
-    from tqdm.auto import tqdm
+    from keras_music_ssl.progress import bar as progress_bar
 
     out = os.fspath(out)
     check_options(workers=workers)
     settings = prepare_settings(tracks_per_shard, sample_rate, min_duration, max_duration)
     with prepared_folder(sources, out, settings) as entries:
-        bar = tqdm(desc="prepare", unit="file", disable=not progress)
+        bar = progress_bar(desc="prepare", unit="file", enabled=progress)
         num_shards, shard_inputs = 0, {}  # unfinished shard -> its input paths, as the entries are read
 
         def todo():  # the work items of unfinished shards; finished shards only advance the bar

@@ -414,7 +414,7 @@ def build_rendered_dataset(out, size="tiny", seed=0, workers=None, cache_dir=Non
     the same files whatever ``workers``; stage 1 is cached in ``cache_dir`` (default
     ``out/.cache``) and reused by later builds.
     """
-    from tqdm.auto import tqdm
+    from keras_music_ssl.progress import bar as progress_bar
 
     if size not in SIZES:
         raise ValueError(f"size must be one of {tuple(SIZES)}, got {size!r}")
@@ -433,8 +433,8 @@ def build_rendered_dataset(out, size="tiny", seed=0, workers=None, cache_dir=Non
     # (some fail to parse or are shorter than a clip): the same works whatever the worker count.
     stage1 = functools.partial(_stage1, cache_dir=cache_dir)
     works, dropped = [], []
-    bar = tqdm(total=config["works_per_style"] * len(config["styles"]), desc="scores", unit="work",
-               disable=not progress)
+    bar = progress_bar(total=config["works_per_style"] * len(config["styles"]), desc="scores", unit="work",
+                       enabled=progress)
     for style in config["styles"]:
         group = [w for w in list_works(tuple(config["styles"])) if w.style == style]
         group = [group[i] for i in np.random.default_rng([seed, _stable_int(style)]).permutation(len(group))]
@@ -454,8 +454,8 @@ def build_rendered_dataset(out, size="tiny", seed=0, workers=None, cache_dir=Non
     splits = _split_works(works, seed)
     jobs = [(w, clip_no, splits[w]) for w in works for clip_no in range(config["clips_per_work"])]
     stage2 = functools.partial(_stage2, out=out, cache_dir=cache_dir, clip_seconds=config["clip_seconds"], seed=seed)
-    rows = list(tqdm(ordered_map(stage2, jobs, workers), total=len(jobs), desc="clips", unit="clip",
-                     disable=not progress))
+    rows = list(progress_bar(ordered_map(stage2, jobs, workers), total=len(jobs), desc="clips", unit="clip",
+                             enabled=progress))
     silent = sum(row is None for row in rows)
     rows = [row for row in rows if row is not None]
     dataset = write_labeled_dataset(out, rows, TAGS, tasks(config["styles"]))

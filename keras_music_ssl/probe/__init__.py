@@ -7,7 +7,8 @@ Files: ``datasets`` (MTAT, MTG-Jamendo, generic folders, validated), ``models`` 
 by name), ``baselines`` (``LogMelStats``), ``extract`` (cached embeddings), ``probe`` (the
 heads and protocols), ``metrics`` (ROC/PR-AUC, bootstrap), ``fractions`` (limited data),
 ``report`` (results files, figures), ``harness`` (``run_probe``). Names import their module
-on first use, so ``kmssl probe --help`` does not load Keras.
+on first use, so ``kmssl probe --help`` does not load Keras (nor does the package, for the command line:
+``cli/__init__.py``).
 """
 
 import importlib

@@ -159,7 +159,7 @@ def extract_split(probed, dataset, split, cache_dir, seed=0, batch_size=32, bloc
                   max_segments=MAX_SEGMENTS, threshold=RMS_THRESHOLD, eval_chunks="segments",
                   max_duration=MAX_DURATION, progress=True):
     """:class:`SplitFeatures` of one split of a ``LabeledDataset`` for one ``ProbedModel``."""
-    from tqdm.auto import tqdm
+    from keras_music_ssl.progress import bar as progress_bar
 
     part = dataset.split(split)
     paths, labels = part.paths, part.labels
@@ -174,8 +174,8 @@ def extract_split(probed, dataset, split, cache_dir, seed=0, batch_size=32, bloc
     storage.clean_partials(folder, only_dead=True)  # the cache is shared: only what killed writers left
     parts = [_read_part(file, block, dim) for block, file in zip(blocks, files)]
     done = sum(len(block) for block, part in zip(blocks, parts) if part is not None)
-    with tqdm(total=len(paths), initial=done, unit="track", desc=f"{probed.name} {split}",
-              disable=not progress or done == len(paths)) as bar:
+    with progress_bar(total=len(paths), initial=done, unit="track", desc=f"{probed.name} {split}",
+                      enabled=progress and done < len(paths)) as bar:
         for b, (block, file) in enumerate(zip(blocks, files)):
             if parts[b] is None:
                 parts[b] = _embed_block(probed, block, split, chunker, batch_size, max_duration, bar)

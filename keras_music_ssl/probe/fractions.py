@@ -8,8 +8,6 @@ other fractions and draws. Only indices into the training tracks are drawn, so v
 test tracks can never enter a subset.
 """
 
-import numpy as np
-
 DEFAULT_FRACTIONS = (0.01, 0.05, 0.1, 0.2, 1.0)
 DRAWS = 4
 
@@ -21,6 +19,8 @@ def fraction_key(fraction):
 
 def training_subset(num_tracks, fraction, draw, seed=0):
     """Sorted indices of the training tracks in draw ``draw`` of ``fraction``."""
+    import numpy as np  # here: `kmssl probe --help` reads DEFAULT_FRACTIONS without numpy
+
     fraction = float(fraction)
     if not 0.0 < fraction <= 1.0:
         raise ValueError(f"a training fraction must be in (0, 1], got {fraction}")

@@ -32,6 +32,7 @@ import dataclasses
 import numpy as np
 
 from keras_music_ssl.errors import KmsslError, OptionError
+from keras_music_ssl.progress import keras_verbosity
 
 PROTOCOLS = {
     "paper": dict(hidden_units=(), use_bias=False, batch_norm=True, dropout=0.0, batch_size=256,
@@ -151,7 +152,7 @@ def train_probe(x_train, y_train, x_valid, y_valid, tags, protocol="paper", seed
     if repeats > 1:
         x_train, y_train = np.tile(x_train, (repeats, 1)), np.tile(y_train, (repeats, 1))
     history = logits_model.fit(x_train, y_train, batch_size=settings["batch_size"], epochs=settings["epochs"],
-                               shuffle=True, callbacks=callbacks, verbose=verbose)
+                               shuffle=True, callbacks=callbacks, verbose=keras_verbosity(verbose))
     # The saved head gives probabilities, as a tagger's does: same weights, sigmoid on top.
     final = TagHead.from_config({**head.get_config(), "activation": "softmax" if single_label else "sigmoid"})
     final.build((None, x_train.shape[1]))
