@@ -143,6 +143,7 @@ def test_converted_release_card_cites_the_paper_under_the_authors_terms(tmp_path
     assert "MIT" in meta["licence"] and meta["citation"].startswith("@inproceedings")  # old keys kept
 
 
+@pytest.mark.slow  # a pretraining run per backend: the slow step
 @pytest.mark.filterwarnings("ignore:.*look collapsed")  # one step of a tiny encoder: expected
 def test_pretrain_preset_card_describes_the_run(tmp_path):
     import soundfile as sf

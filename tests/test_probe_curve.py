@@ -26,6 +26,7 @@ def _weights(run):
     return keras.saving.load_model(os.path.join(run, "model.keras")).get_weights()
 
 
+@pytest.mark.slow  # two pretraining runs per backend (about 90 s on TF): the slow step
 def test_the_curve_logs_every_task_every_n_epochs_and_leaves_the_weights_alone(data_dir, tmp_path):
     with_curve, without = str(tmp_path / "curve"), str(tmp_path / "plain")
     pretrain(with_curve, data_dir=data_dir, verbose=0, probe_every=2, **TINY)

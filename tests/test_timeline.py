@@ -233,7 +233,7 @@ def test_an_onnx_export_without_head_is_refused_for_timelines(exported, tmp_path
 
 
 @pytest.fixture(scope="module")
-def workspace(tagger, exported, tmp_path_factory):
+def workspace(tmp_path_factory):
     root = tmp_path_factory.mktemp("timeline_cli")
     sf.write(root / "song.wav", HARD["9.5s"], SR, subtype="FLOAT")
     sf.write(root / "other.wav", audio(13.0, seed=4), SR, subtype="FLOAT")
@@ -335,5 +335,4 @@ def test_an_hour_long_file_runs_in_bounded_memory(tmp_path):
         windows, duration, peak_kb = done.stdout.split()[-3:]
         peaks[name] = int(peak_kb) / 1024
         assert float(duration) == 60.0 * (60 if name == "hour.wav" else 1) and int(windows) == float(duration) / 4
-    print("peak RSS MB", peaks)
     assert peaks["hour.wav"] - peaks["minute.wav"] < 48, peaks
