@@ -8,7 +8,7 @@ in a process that only ran ``import keras_music_ssl``. Data workers fork
 
 One exception, the command line: when this import is the first step of ``kmssl ...`` or
 ``python -m keras_music_ssl ...`` (:func:`_started_by_the_command_line`), it imports nothing
-more, so ``kmssl --help`` parses without Keras; ``cli.main`` calls :func:`_import_all` before it
+more, so ``kmssl --help`` parses without Keras; ``cli.main`` calls :func:`import_all` before it
 runs a command. Until then, any public name imports everything first (``__getattr__``).
 """
 
@@ -26,7 +26,7 @@ _BACKEND_PROBLEM = None
 _IMPORTED_ALL = False
 
 
-def _import_all():
+def import_all():
     """Import Keras and every module that registers a class (the module docstring); once."""
     global _BACKEND_PROBLEM, _IMPORTED_ALL
     if _IMPORTED_ALL:
@@ -51,7 +51,7 @@ def _import_all():
 
 def _started_by_the_command_line():
     """Whether the process is ``kmssl`` or ``python -m keras_music_ssl`` importing this package
-    on its way to ``cli.main`` (which calls :func:`_import_all` once the arguments are parsed)."""
+    on its way to ``cli.main`` (which calls :func:`import_all` once the arguments are parsed)."""
     if sys.argv[:1] == ["-m"]:  # `python [options] -m NAME args`: NAME is being located, NAME's __init__ runs
         # sys.argv is ["-m", *args]; sys.orig_argv ends with [..., NAME or -mNAME, *args]
         token = sys.orig_argv[len(sys.orig_argv) - len(sys.argv)] if len(sys.orig_argv) > len(sys.argv) else ""
@@ -62,12 +62,12 @@ def _started_by_the_command_line():
 
 
 if not _started_by_the_command_line():
-    _import_all()
+    import_all()
 
 
 def __getattr__(name):
     if name in __all__ and not _IMPORTED_ALL:  # the command line deferred the import: do it now
-        _import_all()
+        import_all()
         if name in globals():
             return globals()[name]
     if _BACKEND_PROBLEM is not None and not name.startswith("__"):

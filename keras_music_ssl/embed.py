@@ -23,6 +23,7 @@ from typing import NamedTuple
 import numpy as np
 
 from keras_music_ssl import storage
+from keras_music_ssl.embedder import clip_samples, embedding_dim
 from keras_music_ssl.errors import KmsslError
 from keras_music_ssl.data.audio import MAX_DURATION, AudioError, is_audio_path, load_audio
 from keras_music_ssl.inference import padded_size
@@ -37,10 +38,6 @@ class Embeddings(NamedTuple):
     embeddings: np.ndarray  # (N, D) float32, one row per embedded file, in input order
     paths: list  # the N embedded files
     skipped: list  # (path, reason) for each file that was not embedded
-
-
-def _num_samples(encoder):
-    return int(getattr(encoder, "num_samples", None) or encoder.input_shape[-1])
 
 
 def _embed_batch(encoder, chunks, batch_size):
@@ -60,14 +57,14 @@ def embed_waveform(encoder, waveform, batch_size=32, normalize=True):
     multiple of the encoder's input length, embeds every chunk and returns their mean.
     """
     waveform = peak_normalize(waveform) if normalize else waveform
-    return embed_chunks(encoder, chunk_waveform(waveform, _num_samples(encoder)), batch_size).mean(axis=0)
+    return embed_chunks(encoder, chunk_waveform(waveform, clip_samples(encoder)), batch_size).mean(axis=0)
 
 
 def embed_chunks(encoder, chunks, batch_size=32):
     """Encoder outputs (k, D) float32 for clips (k, num_samples), ``batch_size`` at a time."""
     outputs = [_embed_batch(encoder, chunks[i:i + batch_size], batch_size)
                for i in range(0, len(chunks), batch_size)]
-    return np.concatenate(outputs) if outputs else np.zeros((0, _output_dim(encoder)), np.float32)
+    return np.concatenate(outputs) if outputs else np.zeros((0, embedding_dim(encoder)), np.float32)
 
 
 class _Track:
@@ -125,7 +122,7 @@ def iter_track_embeddings(encoder, paths, batch_size=32, max_duration=MAX_DURATI
     held in memory.
     """
     if chunker is None:
-        num_samples = _num_samples(encoder)
+        num_samples = clip_samples(encoder)
 
         def chunker(path, waveform):
             return chunk_waveform(waveform, num_samples)
@@ -159,10 +156,6 @@ def iter_track_embeddings(encoder, paths, batch_size=32, max_duration=MAX_DURATI
     yield from finished()
 
 
-def _output_dim(encoder):
-    return int(getattr(encoder, "output_dim", None) or encoder.output_shape[-1])
-
-
 def embed_files(encoder, paths, batch_size=32, progress=True, max_duration=MAX_DURATION,
                 on_result=None):
     """Embed audio files; return ``Embeddings(embeddings, paths, skipped)``.
@@ -187,7 +180,7 @@ def embed_files(encoder, paths, batch_size=32, progress=True, max_duration=MAX_D
             if on_result is not None:
                 on_result(path, embedding, reason)
             bar.update()
-    array = np.stack(rows) if rows else np.zeros((0, _output_dim(encoder)), np.float32)
+    array = np.stack(rows) if rows else np.zeros((0, embedding_dim(encoder)), np.float32)
     return Embeddings(array.astype(np.float32), kept, skipped)
 
 
@@ -287,7 +280,7 @@ def _embed_to_file(encoder, paths, out, batch_size, resume, save_every, preset, 
     result = embed_files(encoder, todo, batch_size, progress, max_duration, on_result=record)
     rows, kept = save()
     if rows is None:
-        rows = np.zeros((0, _output_dim(encoder)), np.float32)
+        rows = np.zeros((0, embedding_dim(encoder)), np.float32)
     return Embeddings(rows, kept, result.skipped)
 
 
@@ -320,7 +313,7 @@ def embed_timelines_to_file(encoder, paths, out, hop=None, batch_size=32, preset
             except (AudioError, UnusableTrack) as error:
                 skipped.append((path, error.reason))
         if not lines:
-            return Timelines(np.zeros((0, _output_dim(encoder)), np.float32), [], skipped, 0)
+            return Timelines(np.zeros((0, embedding_dim(encoder)), np.float32), [], skipped, 0)
         tracks = np.stack([line.track_embedding for line in lines])
         save_embeddings(out, tracks, [line.path for line in lines], preset=preset,
                         fingerprint=storage.weights_fingerprint(encoder), hop=lines[0].hop,

@@ -34,7 +34,8 @@ from keras_music_ssl import storage
 from keras_music_ssl.data import prepare
 from keras_music_ssl.data.audio import MAX_DURATION
 from keras_music_ssl.data.beam import read_and_spread, pipeline_options, run_pipeline, work_list
-from keras_music_ssl.embed import _output_dim, iter_track_embeddings
+from keras_music_ssl.embed import iter_track_embeddings
+from keras_music_ssl.embedder import embedding_dim
 
 NAMESPACE = "kmssl.embed"
 FORMAT_VERSION = 1
@@ -62,7 +63,7 @@ def embed_shard(encoder, out, k, paths, batch_size=32, max_duration=MAX_DURATION
         rows.append(outputs.mean(axis=0))  # what iter_track_embeddings(mean=True) yields
         kept.append(path)
         chunks.append(len(outputs))
-    embeddings = np.stack(rows) if rows else np.zeros((0, _output_dim(encoder)), np.float32)
+    embeddings = np.stack(rows) if rows else np.zeros((0, embedding_dim(encoder)), np.float32)
     with storage.atomic_write(prepare.shard_path(out, k, "npz"), "wb") as f:  # np.savez would append ".npz" to a name
         np.savez(f, embeddings=embeddings.astype(np.float32), paths=np.asarray(kept, dtype=str),
                  num_chunks=np.asarray(chunks, np.int64), preset=np.asarray(preset))

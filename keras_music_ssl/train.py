@@ -170,12 +170,12 @@ def resolve_data(config, data_dir=None, progress=True):
 
 
 def _source(path, name):
-    from keras_music_ssl.data.pipelines import _is_prepared
+    from keras_music_ssl.data.pipelines import is_prepared
     from keras_music_ssl.data.prepare import iter_sources
 
     if not os.path.exists(path):
         raise PretrainError(f"{name}: {path} not found")
-    if _is_prepared(path):
+    if is_prepared(path):
         return path
     files = [p for p, _ in iter_sources([path])]
     if not files:

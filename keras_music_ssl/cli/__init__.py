@@ -20,7 +20,7 @@ PyTorch, in three steps:
    every command's ``--help`` to it.
 3. Only then, when a command runs: the backend check (one line when ``KERAS_BACKEND`` is unusable),
    TensorFlow's native log lines turned off unless ``--verbose`` (``tf_logs.quiet``, which must
-   come before TensorFlow is imported), and the full package import (``_import_all``: Keras and
+   come before TensorFlow is imported), and the full package import (``import_all``: Keras and
    every registered class), before the command's ``run``. Called in a process that has imported
    the package already (the tests call ``main([...])``), the import is a no-op.
 
@@ -145,7 +145,7 @@ def _main(argv):
     from keras_music_ssl import tf_logs
 
     with contextlib.nullcontext() if args.verbose else tf_logs.quiet():
-        keras_music_ssl._import_all()  # Keras and every registered class (step 3 above)
+        keras_music_ssl.import_all()  # Keras and every registered class (step 3 above)
         return int(modules[args.command].run(args) or 0)
 
 

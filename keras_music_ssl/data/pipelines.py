@@ -26,7 +26,8 @@ from keras_music_ssl.data.tfrecord import SHARD_PATTERN, list_shards, parse_trac
 from keras_music_ssl.data.views import ViewSampler
 
 
-def _is_prepared(source):
+def is_prepared(source):
+    """Whether ``source`` is a folder of prepared TFRecord shards (``kmssl prepare``'s output)."""
     return os.path.isdir(source) and bool(tf.io.gfile.glob(os.path.join(source, SHARD_PATTERN)))
 
 
@@ -45,7 +46,7 @@ def track_dataset(source, seed=0, shuffle=True, repeat=True, cycle_length=8, rep
         prepared = all(f.endswith(".tfrecord") for f in files)
     else:
         source = os.fspath(source)
-        prepared = _is_prepared(source)
+        prepared = is_prepared(source)
         files = list_shards(source) if prepared else list_audio_files(source)
         if not files:
             raise FileNotFoundError(f"no shards and no audio files in {source}")

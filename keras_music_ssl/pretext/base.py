@@ -36,18 +36,12 @@ import math
 import keras
 from keras import ops
 
+from keras_music_ssl.embedder import embedding_dim
 from keras_music_ssl.pretext import distribute
 from keras_music_ssl.pretext.optimizer import ScheduledAdamW
 from keras_music_ssl.schedules import CosineSchedule, WarmupCosine
 
 BACKEND = keras.backend.backend()
-
-
-def _output_dim(encoder):
-    dim = getattr(encoder, "output_dim", None) or encoder.output.shape[-1]
-    if not dim:
-        raise ValueError(f"Cannot tell the embedding size of encoder {encoder.name!r}.")
-    return int(dim)
 
 
 def check_views_shape(shape):
@@ -113,7 +107,7 @@ class PretextModel(keras.Model):
         super().__init__(**kwargs)
         self.encoder = encoder
         self.sync_batchnorm = bool(sync_batchnorm)
-        self.embedding_dim = _output_dim(encoder)
+        self.embedding_dim = embedding_dim(encoder)
         self.steps_per_epoch = None if steps_per_epoch is None else int(steps_per_epoch)
         self.run_start = int(run_start)
         self.run_steps = None if run_steps is None else int(run_steps)
