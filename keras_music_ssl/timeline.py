@@ -30,8 +30,6 @@ import numpy as np
 
 from keras_music_ssl.track import timeline_starts
 
-SAMPLE_RATE = 16000
-
 
 @dataclasses.dataclass
 class Timeline:

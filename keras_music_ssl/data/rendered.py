@@ -51,10 +51,10 @@ import shutil
 
 import numpy as np
 
+from keras_music_ssl.data.audio import SAMPLE_RATE  # the track contract's rate
 from keras_music_ssl.data.labeled_csv import SPLITS, write_labeled_dataset
 from keras_music_ssl.data.parallel import default_workers, ordered_map
 
-SAMPLE_RATE = 16000
 BARS = 32
 STAGE1_VERSION = 1
 TEMPO_FACTORS = (0.8, 1.0, 1.25)
