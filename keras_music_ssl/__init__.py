@@ -2,7 +2,8 @@
 
 Importing the package imports Keras and every module that registers a serializable class
 (frontend, backbone, heads, tagger, the pretext methods with their optimizer and schedules,
-the probe's ``LogMelStats``, musicnn's taggers), so ``keras.saving.load_model`` reads any of its ``.keras`` files
+the probe's ``LogMelStats``, musicnn's taggers, the fine-tuning model), so
+``keras.saving.load_model`` reads any of its ``.keras`` files
 in a process that only ran ``import keras_music_ssl``. Data workers fork
 (``data/parallel.py``), so they inherit these modules instead of importing them again.
 """
@@ -20,7 +21,7 @@ if _BACKEND_PROBLEM is None:  # else Keras cannot load: `kmssl` says why in one 
 
     # Imported for their registrations. None of them reads a name from this half-initialised
     # package (they import submodules by their full path), so no import cycle can bite.
-    for _module in ("heads", "tagger", "schedules", "pretext", "probe.baselines", "musicnn"):
+    for _module in ("heads", "tagger", "schedules", "pretext", "probe.baselines", "musicnn", "finetune"):
         importlib.import_module(f"{__name__}.{_module}")
     del _module
 
