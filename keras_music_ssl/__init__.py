@@ -2,7 +2,8 @@
 
 Importing the package imports Keras and every module that registers a serializable class
 (frontend, backbone, heads, tagger, the pretext methods with their optimizer and schedules,
-the probe's ``LogMelStats``, musicnn's taggers), so ``keras.saving.load_model`` reads any of its ``.keras`` files
+the probe's ``LogMelStats``, musicnn's taggers, the fine-tuning model), so
+``keras.saving.load_model`` reads any of its ``.keras`` files
 in a process that only ran ``import keras_music_ssl``. Data workers fork
 (``data/parallel.py``), so they inherit these modules instead of importing them again.
 
@@ -40,7 +41,7 @@ def import_all():
 
     # Imported for their registrations. None of them reads a name from this half-initialised
     # package (they import submodules by their full path), so no import cycle can bite.
-    for module in ("heads", "tagger", "schedules", "pretext", "probe.baselines", "musicnn"):
+    for module in ("heads", "tagger", "schedules", "pretext", "probe.baselines", "musicnn", "finetune"):
         importlib.import_module(f"{__name__}.{module}")
 
     from keras_music_ssl.train import pretrain  # (numpy-free at import; Keras is loaded above)

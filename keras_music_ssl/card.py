@@ -20,7 +20,8 @@ Metadata keys the card reads (all optional): ``method``, ``dataset`` (``{"name",
 ``training_procedure`` (text), ``license`` / ``license_name`` / ``license_link`` (Hub licence
 identifiers), ``licence`` (text), ``licence_notice`` (a licence's full text, quoted in the card),
 ``citation``, ``paper`` (its URL), ``source`` and ``checkpoint``
-(a conversion's origin), plus what ``save_to_preset`` records (versions, backend, date, parameter
+(a conversion's origin), ``finetuned`` (``kmssl finetune``'s record: ``from``, ``dataset``, ``task``,
+``type``, ...), plus what ``save_to_preset`` records (versions, backend, date, parameter
 counts, ``weights_fingerprint``, ``files``).
 
 A model of another paper (the zoo: musicnn's taggers, ``musicnn/release.py``) is not described by
@@ -159,7 +160,8 @@ def export_files(model, format, schema, metadata=None, probe_results=None):
 
     encoder = model.encoder if isinstance(model, MusicTagger) else model
     kept = ("method", "dataset", "training", "training_procedure", "license", "license_name", "license_link",
-            "licence", "licence_notice", "citation", "paper", "source", "checkpoint", "card", "reported_results")
+            "licence", "licence_notice", "citation", "paper", "source", "checkpoint", "card", "reported_results",
+            "finetuned")
     meta = {key: value for key, value in (metadata or {}).items() if key in kept}
     if metadata is None:  # nothing says where the weights come from, so nothing says under which terms
         meta["license"] = "unknown"
@@ -195,7 +197,8 @@ def _facts(config, metadata):
     sample_rate = int(metadata.get("sample_rate") or frontend.get("sample_rate") or 16000)
     source = metadata.get("source")
     origin = ("zoo" if text else "deezer" if isinstance(source, dict) and source.get("release") else
-              "pretrain" if source == "keras_music_ssl.pretrain" else None)
+              "pretrain" if source == "keras_music_ssl.pretrain" else
+              "finetune" if source == "keras_music_ssl.finetune" else None)
     method = metadata.get("method") if isinstance(metadata.get("method"), str) else None
     return {
         "kind": kind, "class_name": name, "tags": tags, "text": text, "encoder": inner, "frontend": frontend,
@@ -208,6 +211,12 @@ def _facts(config, metadata):
         "fingerprint": metadata.get("weights_fingerprint"),
         "license": metadata.get("license") or ("other" if origin == "deezer" else DEFAULT_LICENSE),
     }
+
+
+def _finetuned(facts):
+    """The fine-tuning record of ``kmssl finetune`` (a dict), or None."""
+    tuned = facts["metadata"].get("finetuned")
+    return tuned if isinstance(tuned, dict) else None
 
 
 def _frontend_defaults():
@@ -325,6 +334,8 @@ def _front_matter(facts, export):
         tags.append(facts["method"].replace("_", "-"))
     if facts["origin"] == "deezer":
         tags.append("deezer")
+    if _finetuned(facts):
+        tags.append("fine-tuned")
     if export is not None:
         tags += {"savedmodel": ["tensorflow", "saved-model"], "onnx": ["onnx"]}.get(export["format"], ["tflite"])
     fields["tags"] = tags
@@ -347,6 +358,8 @@ def _title(facts, export):
     title = f"{method} {what}" if method else f"keras-music-ssl {what}"
     if facts["origin"] == "deezer":
         title += " (Deezer Research's release, in Keras)"
+    if _finetuned(facts):
+        title += ", fine-tuned"
     if export is not None:
         title += f", exported as {_format_name(export['format'])}"
     return title[0].upper() + title[1:]
@@ -394,6 +407,12 @@ def _intro(facts, export):
             what += f" Pretrained with {METHOD_PHRASES.get(method, method)}."
     else:
         what = f"A Keras model of keras-music-ssl (`{facts['class_name']}`)."
+    tuned = _finetuned(facts)
+    if tuned and facts["kind"] in ("encoder", "tagger"):
+        kind = f"{tuned['type']} " if tuned.get("type") else ""
+        what += (f" Then fine-tuned end to end (`kmssl finetune`) on the {kind}task `{tuned.get('task', '?')}` of "
+                 f"`{tuned.get('dataset', '?')}`, starting from `{tuned.get('from', '?')}`: its embedding is shaped by "
+                 "those labels too.")
     if facts["origin"] == "deezer":
         what += (f" These are the weights the paper's authors released ({AUTHORS_REPOSITORY}), converted "
                  "unchanged to Keras 3; they give the authors' PyTorch embeddings.")
@@ -483,7 +502,8 @@ def _training_section(facts):
         lines.append(f"- **Procedure**: {meta['training_procedure']}")
     training = meta.get("training")
     if isinstance(training, dict) and training:
-        lines.append(f"- **Run**: `kmssl pretrain` with keras-music-ssl {meta.get('keras_music_ssl_version', '?')}"
+        command = "kmssl finetune" if facts["origin"] == "finetune" else "kmssl pretrain"
+        lines.append(f"- **Run**: `{command}` with keras-music-ssl {meta.get('keras_music_ssl_version', '?')}"
                      f" on the {meta.get('backend', '?')} backend; its settings:")
         lines += ["", "| setting | value |", "|---|---|"]
         for key, value in training.items():

@@ -76,20 +76,22 @@ RANGES = {
 }
 
 
-def _checked(name, value, kind, low, high, closed):
-    """``value`` as ``kind`` if it lies in range, else a PretrainError naming the setting."""
+def checked(name, value, kind, low, high, closed, error=None):
+    """``value`` as ``kind`` if it lies in range (``RANGES``' rule: lowest, highest, lowest included),
+    else an ``error`` (default :class:`PretrainError`) naming the setting."""
+    error = error or PretrainError
     if kind is int and (isinstance(value, bool) or (isinstance(value, float) and not value.is_integer())):
-        raise PretrainError(f"{name} must be a whole number, got {value!r}")
+        raise error(f"{name} must be a whole number, got {value!r}")
     try:
         value = kind(value)
     except (TypeError, ValueError):
-        raise PretrainError(f"{name} must be a {kind.__name__}, got {value!r}") from None
+        raise error(f"{name} must be a {kind.__name__}, got {value!r}") from None
     if kind is float and not math.isfinite(value):
-        raise PretrainError(f"{name} must be a finite number, got {value}")
+        raise error(f"{name} must be a finite number, got {value}")
     if low is not None and (value < low or (value == low and not closed)):
-        raise PretrainError(f"{name} must be {'>=' if closed else '>'} {low}, got {value}")
+        raise error(f"{name} must be {'>=' if closed else '>'} {low}, got {value}")
     if high is not None and value > high:
-        raise PretrainError(f"{name} must be <= {high}, got {value}")
+        raise error(f"{name} must be <= {high}, got {value}")
     return value
 
 
@@ -136,7 +138,7 @@ class PretrainConfig:
             raise PretrainError(f"encoder must be one of {', '.join(ENCODERS)}, got {self.encoder!r}")
         for name, rule in RANGES.items():
             if getattr(self, name) is not None:
-                setattr(self, name, _checked(name, getattr(self, name), *rule))
+                setattr(self, name, checked(name, getattr(self, name), *rule))
         for name in ("data", "valid_data", "audio_cache", "probe_dataset"):
             if getattr(self, name) is not None and not isinstance(getattr(self, name), str):
                 raise PretrainError(f"{name} must be a path, got {getattr(self, name)!r}")
@@ -225,7 +227,7 @@ def _monitor_views(source, config, clips=32):
     return np.asarray(next(iter(batches)))
 
 
-def _epoch_seconds_callback():
+def epoch_seconds_callback():
     import keras
 
     class EpochSeconds(keras.callbacks.Callback):
@@ -241,7 +243,7 @@ def _epoch_seconds_callback():
     return EpochSeconds()
 
 
-def _keep_history(path, epochs):
+def keep_history(path, epochs):
     """Keep the rows of ``history.csv`` for epochs < ``epochs`` (an epoch that ran but was not
     backed up is trained again, and logged again) and drop a row a kill cut short; atomically."""
     if not os.path.exists(path):
@@ -262,20 +264,23 @@ def _keep_history(path, epochs):
 SAME_RESULTS = {"audio_cache"}  # settings that do not change what is trained: a resume may change them
 
 
-def _check_run_folder(out, config):
+def check_run_folder(out, config, error=None, same_results=SAME_RESULTS):
+    """Refuse (``error``, default :class:`PretrainError`) a run folder whose ``config.json`` holds
+    other settings than ``config`` (a dataclass with ``to_dict``), bar those in ``same_results``."""
     import json
 
+    error = error or PretrainError
     path = os.path.join(out, "config.json")
     if os.path.exists(path):
         saved = storage.read_json(path, "the run's settings")
         if not isinstance(saved, dict) or not isinstance(saved.get("config"), dict):
-            raise PretrainError(f"{path} holds no run settings; use another output folder")
+            raise error(f"{path} holds no run settings; use another output folder")
         saved = saved["config"]
         current = json.loads(json.dumps(config.to_dict()))  # tuples -> lists, as saved
-        changed = sorted(k for k in (set(saved) | set(current)) - SAME_RESULTS if saved.get(k) != current.get(k))
+        changed = sorted(k for k in (set(saved) | set(current)) - set(same_results) if saved.get(k) != current.get(k))
         if changed:
-            raise PretrainError(f"{out} holds a run with other settings ({', '.join(changed)} differ); "
-                                "use another output folder, or the same settings to resume it")
+            raise error(f"{out} holds a run with other settings ({', '.join(changed)} differ); "
+                        "use another output folder, or the same settings to resume it")
 
 
 def pretrain(out, data_dir=None, verbose=1, distribute=None, devices=None, **settings):
@@ -324,7 +329,7 @@ def pretrain(out, data_dir=None, verbose=1, distribute=None, devices=None, **set
     if process_index():
         out = os.path.join(out, f"process-{process_index()}")
     storage.check_output(out, "folder")
-    _check_run_folder(out, config)
+    check_run_folder(out, config)
     if os.path.exists(os.path.join(out, "summary.json")):
         summary = storage.read_json(os.path.join(out, "summary.json"), "the run's summary")
         print(f"{out}: finished already ({config.method}, {config.epochs} epochs)", flush=True)
@@ -342,7 +347,7 @@ def _run(out, config, distribution, data_dir, verbose):
     curve = _learning_curve(config, out, data_dir)
     # Only now: settings refused above leave no run folder that a corrected command would clash with.
     with storage.locked(out):
-        _check_run_folder(out, config)  # again, with the lock: another process may have just started it
+        check_run_folder(out, config)  # again, with the lock: another process may have just started it
         storage.clean_partials(out)
         storage.clean_partials(os.path.join(out, "backup"))
         storage.clean_partials(os.path.join(out, "checkpoints"))
@@ -417,7 +422,7 @@ def _fit(out, config, model, train, valid, data_name, distribution, verbose, cur
     model, done = _restore(out, config, model)
     keras.utils.set_random_seed(config.seed)  # the datasets' shuffles, whatever the restore drew
     history_csv = os.path.join(out, "history.csv")
-    _keep_history(history_csv, done)
+    keep_history(history_csv, done)
     sampler = sampler_of(config)
     if isinstance(train, list) and not config.audio_cache:
         print("training straight from audio files decodes every track on each pass (about a third of what the "
@@ -429,7 +434,7 @@ def _fit(out, config, model, train, valid, data_name, distribution, verbose, cur
         views = views.skip(done * config.steps_per_epoch)
         print(f"{out}: resuming after epoch {done} of {config.epochs}", flush=True)
 
-    callbacks = [_epoch_seconds_callback(), ViewSamplerCounts(sampler)]
+    callbacks = [epoch_seconds_callback(), ViewSamplerCounts(sampler)]
     if curve is not None:  # after EpochSeconds (its minutes leave the probe's own time out)
         callbacks.append(curve)
     if valid is None:

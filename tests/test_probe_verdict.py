@@ -73,3 +73,8 @@ def test_a_run_folders_preset_brings_its_initial_encoder(tmp_path):
     # already asked for: not twice
     assert with_initial_floors([str(run / "initial"), str(run / "preset")]) == (
         [str(run / "initial"), str(run / "preset")], [(1, 0)])
+
+
+def test_the_same_scores_tie():
+    test = {"roc_auc_macro": {"point": 0.8, "ci95": [0.7, 0.9], "resamples": [0.75, 0.8, 0.85]}}
+    assert verdict({"a": test, "b": test}, "a", ["b"]) == "a ties with b (the same test scores)."

@@ -44,6 +44,7 @@ COMMANDS = {
     "tag": "tag",
     "probe": "probe",
     "pretrain": "pretrain",
+    "finetune": "finetune",
     "compare": "compare",
     "quickstart": "quickstart",
     "upload": "upload",

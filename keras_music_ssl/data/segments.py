@@ -87,8 +87,15 @@ def segment_dataset(dataset, split, batch_size=256, seed=0, shuffle_buffer=4999,
                          lambda: tf.numpy_function(no_segments, [record["path"], tf.size(record["audio"])], tf.bool))
         return kept["segments"], labels, usable
 
+    def has_segments(segments, labels, usable):
+        return usable
+
+    def without_flag(segments, labels, usable):
+        return segments, labels
+
+    # Named functions, not two lambdas on one line: AutoGraph cannot tell those apart in the source.
     segments = tracks.enumerate().map(cut, num_parallel_calls=num_parallel_calls, deterministic=True)
-    segments = segments.filter(lambda s, l, usable: usable).map(lambda s, l, usable: (s, l)).unbatch()
+    segments = segments.filter(has_segments).map(without_flag).unbatch()
     if shuffle_buffer:
         segments = segments.shuffle(shuffle_buffer, seed=seed, reshuffle_each_iteration=True)
     return segments.batch(batch_size, drop_remainder=drop_remainder).prefetch(tf.data.AUTOTUNE)

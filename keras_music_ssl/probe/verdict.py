@@ -31,6 +31,10 @@ def verdict(tests, ours, floors, metric=METRIC):
     parts = []
     for floor in floors:
         d = difference(tests[ours], tests[floor], metric)
+        if d["diff"] == 0 and (not d["paired"] or d["ci95"] == [0.0, 0.0]):
+            # the same scores: e.g. a fine-tuning whose best epoch was the frozen probe it started from
+            parts.append(f"ties with {floor} (the same test scores)")
+            continue
         word = "beats" if d["diff"] > 0 else "loses to"
         noise = "beyond the noise" if d["beyond"] else "within the noise"
         interval = f", paired 95 % interval [{d['ci95'][0]:+.3f}, {d['ci95'][1]:+.3f}]" if d["paired"] else ""
