@@ -234,7 +234,8 @@ def head_with(head, activation):
     """A copy of the ``TagHead`` ``head`` (its weights too) with another output ``activation``."""
     from keras_music_ssl.tagger import TagHead
 
-    copy = TagHead.from_config({**head.get_config(), "activation": activation})
+    # Thresholds belong to probabilities: a logits copy has none, and a fine-tuned head gets its own.
+    copy = TagHead.from_config({**head.get_config(), "activation": activation, "thresholds": None})
     copy.build((None, head.input_dim))
     copy.set_weights(head.get_weights())
     return copy
@@ -272,9 +273,20 @@ class Validation:
         self.single_label, self.batch_size = single_label, int(batch_size)
 
     def __call__(self, model):
-        from keras_music_ssl.embed import iter_track_embeddings
         from keras_music_ssl.probe.metrics import tagging_metrics
         from keras_music_ssl.probe.probe import ProbeError
+
+        labels, scores = self.scores(model)
+        if scores is None:
+            return float("nan")
+        try:
+            return float(tagging_metrics(labels, scores, self.tags, self.single_label)["roc_auc_macro"])
+        except ProbeError:  # NaN scores: a diverged step
+            return float("nan")
+
+    def scores(self, model):
+        """``(labels, probabilities)`` of the validation tracks that could be used (None, None: none)."""
+        from keras_music_ssl.embed import iter_track_embeddings
 
         kept, rows = [], []
         tracks = iter_track_embeddings(model.encoder, self.paths, self.batch_size,
@@ -284,13 +296,9 @@ class Validation:
                 kept.append(i)
                 rows.append(embedding)
         if not rows:
-            return float("nan")
+            return None, None
         logits = ops.convert_to_numpy(model.head(ops.convert_to_tensor(np.stack(rows)), training=False))
-        scores = _activate(logits, "softmax" if self.single_label else "sigmoid")
-        try:
-            return float(tagging_metrics(self.labels[kept], scores, self.tags, self.single_label)["roc_auc_macro"])
-        except ProbeError:  # NaN scores: a diverged step
-            return float("nan")
+        return self.labels[kept], _activate(logits, "softmax" if self.single_label else "sigmoid")
 
 
 def _validation_callback(validation):
@@ -423,7 +431,8 @@ def _run(out, config, data, encoder, cache_dir, verbose, floors):
                   f"{config.learning_rate:g} (encoder {config.learning_rate * config.encoder_lr_factor:g}), at most "
                   f"{config.epochs} epochs; validation ROC-AUC after phase 1: {phase1['val_roc_auc_macro']:.4f}")
     model, best = _fit(out, config, model, data, task, steps, validation, phase1["val_roc_auc_macro"], verbose)
-    return _finish(out, config, data, task, encoder, model, best, frozen, phase1, steps, cache_dir, verbose, floors)
+    return _finish(out, config, data, task, encoder, model, best, frozen, phase1, steps, cache_dir, verbose, floors,
+                   validation)
 
 
 def _say(verbose, text):
@@ -568,7 +577,8 @@ def _same_config_floor(preset, seed):
     return f"{size}-init", model
 
 
-def _finish(out, config, data, task, encoder, model, best, frozen, phase1, steps, cache_dir, verbose, floors):
+def _finish(out, config, data, task, encoder, model, best, frozen, phase1, steps, cache_dir, verbose, floors,
+            validation):
     from keras_music_ssl.probe.harness import run_probe
     from keras_music_ssl.probe.report import markdown_table, write_report
     from keras_music_ssl.probe.verdict import verdict
@@ -577,6 +587,12 @@ def _finish(out, config, data, task, encoder, model, best, frozen, phase1, steps
     started = time.perf_counter()
     activation = "softmax" if task.single_label else "sigmoid"
     tagger = MusicTagger(model.encoder, head_with(model.head, activation))
+    if not task.single_label:  # decisions, as the probe's heads: per tag, max F1 on the validation tracks
+        from keras_music_ssl.probe.thresholds import f1_thresholds
+
+        labels, scores = validation.scores(model)
+        if scores is not None:
+            tagger.head.thresholds = [float(t) for t in f1_thresholds(labels, scores.astype(np.float32))]
     _save_model(tagger, os.path.join(out, "model.keras"))
     storage.require_space(out, storage.model_bytes(tagger.head))
     with storage.atomic_target(os.path.join(out, "head.keras"), ".keras") as tmp:
@@ -650,7 +666,7 @@ def _evaluate(tagger, data, task, config, cache_dir, verbose):
     probabilities = np.asarray(ops.convert_to_numpy(tagger.head(ops.convert_to_tensor(test.features),
                                                                  training=False)), np.float64)
     metrics = bootstrap_metrics(test.labels, probabilities, task.classes, config.bootstrap, config.seed,
-                                task.single_label)
+                                task.single_label, thresholds=tagger.head.thresholds)
     row = {"type": task.type, "test": metrics, "embedding_dim": int(test.features.shape[1]),
            "fingerprint": probed.fingerprint, "skipped": {"test": split.skipped_counts()},
            "evaluate_seconds": round(time.perf_counter() - started, 2)}

@@ -67,6 +67,11 @@ def test_a_run_folder_holds_both_phases_the_tagger_and_the_report(run, dataset, 
     assert not os.path.exists(os.path.join(out, "backup"))
     config = json.load(open(os.path.join(out, "config.json")))
     assert config["config"]["epochs"] == 2 and config["backend"] == keras.backend.backend()
+    # the fine-tuned head decides like a probe's: a threshold per tag, and the report scores the decisions
+    from keras_music_ssl.tagger import load_tag_head
+
+    assert len(load_tag_head(os.path.join(out, "head.keras")).thresholds) == len(dataset_tags(out))
+    assert "f1_micro" in json.load(open(os.path.join(out, "results.json")))["models"]["finetuned"]["test"]
 
     # Phase 1 leaves the encoder exactly as the preset; phase 2 trains it, BatchNorm statistics excepted.
     start = MusicEncoder.from_preset(preset)
@@ -256,3 +261,7 @@ def test_a_run_killed_at_any_instant_resumes_and_equals_an_uninterrupted_one(dat
     assert not (killed / "backup").exists()
     hidden = [name for _, _, files in os.walk(killed) for name in files if ".partial" in name]
     assert not hidden, hidden
+
+
+def dataset_tags(out):
+    return json.load(open(os.path.join(out, "results.json")))["tags"]
