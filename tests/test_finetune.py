@@ -224,16 +224,19 @@ def _finetune_process(argv, fault=None):
 # checkpoint write, the final summary.
 KILLS = ["write:frozen.json", "write:phase1.keras", "batch:3", "backup:weights", "write:epoch002.keras",
          "write:summary.json"]
+# On JAX and PyTorch, the kills inside phase 2's fit (where their data order once differed on resume):
+# the file-writing kills are the same code on every backend, checked on TensorFlow (the slow step's time).
+KILLS_IN_FIT = ["batch:3", "backup:weights"]
 
 
-@pytest.mark.slow  # 8 short fine-tuning processes: ~4 min per backend
+@pytest.mark.slow  # 8 short fine-tuning processes on TF (~3 min), 4 on JAX and PyTorch
 def test_a_run_killed_at_any_instant_resumes_and_equals_an_uninterrupted_one(dataset, preset, tmp_path):
     def argv(out):
         return ["finetune", dataset, "--preset", preset, "--out", str(out), *FAST, "--epochs", "3", "--patience", "5",
                 "--cache-dir", str(tmp_path / "cache")]
 
     killed, straight = tmp_path / "killed", tmp_path / "straight"
-    for fault in KILLS:  # one run folder, killed again and again
+    for fault in KILLS if keras.backend.backend() == "tensorflow" else KILLS_IN_FIT:  # one folder, killed again and again
         done = _finetune_process(argv(killed), fault)
         assert done.returncode == -signal.SIGKILL, f"{fault}: the run was not killed\n{done.stdout}"
         assert not (killed / "summary.json").exists(), fault
