@@ -68,8 +68,6 @@ def test_a_run_folder_holds_both_phases_the_tagger_and_the_report(run, dataset, 
     config = json.load(open(os.path.join(out, "config.json")))
     assert config["config"]["epochs"] == 2 and config["backend"] == keras.backend.backend()
     # the fine-tuned head decides like a probe's: a threshold per tag, and the report scores the decisions
-    from keras_music_ssl.tagger import load_tag_head
-
     assert len(load_tag_head(os.path.join(out, "head.keras")).thresholds) == len(dataset_tags(out))
     assert "f1_micro" in json.load(open(os.path.join(out, "results.json")))["models"]["finetuned"]["test"]
 
