@@ -83,6 +83,7 @@ from keras import ops
 
 from keras_music_ssl import storage
 from keras_music_ssl.errors import KmsslError
+from keras_music_ssl.tagger import EncoderAndHead
 from keras_music_ssl.train import check_run_folder, checked, epoch_seconds_callback, keep_history, read_history
 
 FROZEN = "frozen"  # the report's row of the preset with the phase-1 head (the frozen probe)
@@ -193,7 +194,7 @@ class TagLoss(keras.losses.Loss):
 
 
 @keras.saving.register_keras_serializable(package="keras_music_ssl")
-class FineTuner(keras.Model):
+class FineTuner(EncoderAndHead, keras.Model):
     """Waveform (batch, num_samples) -> tag logits: ``head(encoder(x))``, the encoder always in
     inference mode (BatchNorm statistics frozen; its weights still train). ``head`` is a
     ``TagHead`` with ``activation=None``. ``compile`` tells a :class:`FineTuneAdam` which
@@ -221,17 +222,6 @@ class FineTuner(keras.Model):
         # Keras skips this for an overridden compile(); the saved config holds optimizer and loss.
         self.compile(**keras.saving.deserialize_keras_object(config))
 
-    def get_config(self):
-        return {"name": self.name, "trainable": self.trainable,
-                "encoder": keras.saving.serialize_keras_object(self.encoder),
-                "head": keras.saving.serialize_keras_object(self.head)}
-
-    @classmethod
-    def from_config(cls, config):
-        config = dict(config)
-        encoder = keras.saving.deserialize_keras_object(config.pop("encoder"))
-        head = keras.saving.deserialize_keras_object(config.pop("head"))
-        return cls(encoder, head, **config)
 
 
 def loss_kind(task, protocol):
@@ -240,17 +230,6 @@ def loss_kind(task, protocol):
     if task.single_label:
         return "softmax"
     return "downstream" if protocol_settings(protocol)["loss"] == "downstream" else "bce"
-
-
-def head_with(head, activation):
-    """A copy of the ``TagHead`` ``head`` (its weights too) with another output ``activation``."""
-    from keras_music_ssl.tagger import TagHead
-
-    # Thresholds belong to probabilities: a logits copy has none, and a fine-tuned head gets its own.
-    copy = TagHead.from_config({**head.get_config(), "activation": activation, "thresholds": None})
-    copy.build((None, head.input_dim))
-    copy.set_weights(head.get_weights())
-    return copy
 
 
 def _activate(logits, activation):
@@ -453,7 +432,7 @@ def _say(verbose, text):
 
 
 def _build(encoder, head, config, task):
-    model = FineTuner(encoder, head_with(head, None))
+    model = FineTuner(encoder, head.with_activation(None))
     model.compile(optimizer=FineTuneAdam(config.learning_rate, config.encoder_lr_factor),
                   loss=TagLoss(loss_kind(task, config.protocol)))
     return model
@@ -598,7 +577,7 @@ def _finish(out, config, data, task, encoder, model, best, frozen, phase1, steps
 
     started = time.perf_counter()
     activation = "softmax" if task.single_label else "sigmoid"
-    tagger = MusicTagger(model.encoder, head_with(model.head, activation))
+    tagger = MusicTagger(model.encoder, model.head.with_activation(activation))
     if not task.single_label:  # decisions, as the probe's heads: per tag, max F1 on the validation tracks
         from keras_music_ssl.probe.thresholds import f1_thresholds
 

@@ -120,6 +120,15 @@ class TagHead(keras.layers.Layer):
         self.feature_mean.assign(np.asarray(mean, np.float32))
         self.feature_scale.assign(np.where(std > eps, 1.0 / np.maximum(std, eps), 1.0).astype(np.float32))
 
+    def with_activation(self, activation):
+        """A copy of this built head, its weights included, with another output ``activation``
+        (a logits head for a loss on logits, or a probabilities head to save). Thresholds belong to
+        one head's probabilities: the copy has none."""
+        copy = TagHead.from_config({**self.get_config(), "activation": activation, "thresholds": None})
+        copy.build((None, self.input_dim))
+        copy.set_weights(self.get_weights())
+        return copy
+
     def decide(self, probabilities):
         """Boolean (..., tags) decisions of this head's probabilities: ``p >= threshold`` per tag
         (sigmoid heads with thresholds), the arg-max class (softmax heads), else None."""
@@ -156,8 +165,25 @@ class TagHead(keras.layers.Layer):
                 "thresholds": None if self.thresholds is None else list(self.thresholds)}
 
 
+class EncoderAndHead:
+    """The config of a model made of an ``encoder`` and a ``head``, both serialised whole:
+    ``MusicTagger`` here and ``finetune.FineTuner``."""
+
+    def get_config(self):
+        return {"name": self.name, "trainable": self.trainable,
+                "encoder": keras.saving.serialize_keras_object(self.encoder),
+                "head": keras.saving.serialize_keras_object(self.head)}
+
+    @classmethod
+    def from_config(cls, config):
+        config = dict(config)
+        encoder = keras.saving.deserialize_keras_object(config.pop("encoder"))
+        head = keras.saving.deserialize_keras_object(config.pop("head"))
+        return cls(encoder, head, **config)
+
+
 @keras.saving.register_keras_serializable(package="keras_music_ssl")
-class MusicTagger(FastInference, keras.Model):
+class MusicTagger(EncoderAndHead, FastInference, keras.Model):
     """Waveform (batch, num_samples) -> tag probabilities (batch, n_tags): ``head(encoder(x))``.
 
     ``.encoder`` is a ``MusicEncoder``, ``.head`` a ``TagHead``, ``.tags`` the tag names.
@@ -204,18 +230,6 @@ class MusicTagger(FastInference, keras.Model):
     @property
     def sample_rate(self):
         return self.encoder.sample_rate
-
-    def get_config(self):
-        return {"name": self.name, "trainable": self.trainable,
-                "encoder": keras.saving.serialize_keras_object(self.encoder),
-                "head": keras.saving.serialize_keras_object(self.head)}
-
-    @classmethod
-    def from_config(cls, config):
-        config = dict(config)
-        encoder = keras.saving.deserialize_keras_object(config.pop("encoder"))
-        head = keras.saving.deserialize_keras_object(config.pop("head"))
-        return cls(encoder, head, **config)
 
 
 def save_tag_head(head, path, input_dim=None):

@@ -154,9 +154,7 @@ def train_probe(x_train, y_train, x_valid, y_valid, tags, protocol="paper", seed
     history = logits_model.fit(x_train, y_train, batch_size=settings["batch_size"], epochs=settings["epochs"],
                                shuffle=True, callbacks=callbacks, verbose=keras_verbosity(verbose))
     # The saved head gives probabilities, as a tagger's does: same weights, sigmoid on top.
-    final = TagHead.from_config({**head.get_config(), "activation": "softmax" if single_label else "sigmoid"})
-    final.build((None, x_train.shape[1]))
-    final.set_weights(head.get_weights())
+    final = head.with_activation("softmax" if single_label else "sigmoid")
     trained = TrainedProbe(final, {k: [float(v) for v in vals] for k, vals in history.history.items()},
                            int(stopper.best_epoch))
     if not single_label:  # decisions: per tag, the threshold of maximum F1 on the validation tracks
