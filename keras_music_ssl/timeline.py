@@ -325,13 +325,20 @@ def _run(runner, samples, audio, hop_samples, clip, batch_size, keep_embeddings,
                     num_chunks=len(chunks), thresholds=runner.thresholds)
 
 
+def check_patch_hop(model, hop):
+    """musicnn's patch step in seconds; ``ValueError`` for another ``hop`` (None: its own)."""
+    step = model.hop_samples / model.sample_rate
+    if hop is not None and abs(hop - step) > 1e-9:
+        raise ValueError(f"{model.name} tags a patch every {step:.3f} s (musicnn's rule); it takes no other hop: "
+                         "leave --hop out")
+    return step
+
+
 def _patch_timeline(model, audio, hop, batch_size, keep_embeddings, max_duration):
     """musicnn's taggram as a :class:`Timeline` (module docstring)."""
     from keras_music_ssl.data.audio import load_audio
 
-    step = model.hop_samples / model.sample_rate
-    if hop is not None and abs(hop - step) > 1e-9:
-        raise ValueError(f"{model.name} tags a patch every {step:.3f} s (musicnn's rule); it takes no other hop")
+    step = check_patch_hop(model, hop)
     if isinstance(audio, np.ndarray):
         waveform, path = audio, ""
     else:

@@ -107,9 +107,13 @@ def _load_model(args):
         model = _preset_tagger(args.preset, args.weights_dir)
         if isinstance(model, int):
             return model
-        if args.timeline and args.hop is not None and abs(args.hop - model.hop_samples / model.sample_rate) > 1e-9:
-            return _fail(f"{args.preset} tags a patch every {model.hop_samples / model.sample_rate:.3f} s "
-                         "(musicnn's rule): leave --hop out")
+        if args.timeline:
+            from keras_music_ssl.timeline import check_patch_hop
+
+            try:
+                check_patch_hop(model, args.hop)
+            except ValueError as error:
+                return _fail(error)
         return model, {"sample_rate": model.sample_rate, "tags": model.tags}, False
     try:
         model = load_exported(args.model, num_threads=args.threads)
